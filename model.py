@@ -1,0 +1,586 @@
+"""
+The GPT language model (GPT-2 style, nanoGPT layout) and its growth operations.
+
+The model knows *how* to change; train.py decides *when*. Every growth method changes the
+model in place and returns its lineage: for every parameter name of the new model, where
+its values came from, as (old_name, dim, index):
+  (name, None, None)  the whole tensor of old parameter `name`
+  (name, dim, index)  slices of `name` along `dim`; index[i] is the old slice that new slice i
+                      copies, -1 marks a fresh slice
+  (None, None, None)  a fresh tensor
+train.py carries AdamW's moments through this lineage (see carry_optimizer_state there).
+
+Masked structural growth (MSG): new structure is multiplied by `growth_mask`, a scalar that
+train.py raises from 0 to 1; at 0 the network computes exactly what it computed before.
+config.ramp says which structure is masked; fold_ramp() drops the mask once it is 1.
+"""
+
+import copy
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+LN_EPS = 1e-5
+INIT_STD = 0.02
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for efficiency
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_hidden: int = 0  # mlp width; 0 means 4 * n_embd
+    head_size: int = 0  # 0 means n_embd // n_head; it stays fixed when heads are added
+    dropout: float = 0.0
+    bias: bool = True  # bias in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+    attn_lora_rank: int = 0  # 0 = no adapters on the attention projections
+    embedding_lora_rank: int = 0  # 0 = no adapter on the token embedding (and tied head)
+    lora_alpha: float = 1.0
+    ramp: dict = None  # the MSG growth still masked: {'kind': 'mlp'|'heads'|'layers'|'embd', ...}
+
+    def __post_init__(self):
+        if self.n_hidden == 0:
+            self.n_hidden = 4 * self.n_embd
+        if self.head_size == 0:
+            if self.n_embd % self.n_head != 0:
+                raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+            self.head_size = self.n_embd // self.n_head
+
+
+def ramp_vector(size, n_unmasked, mask):
+    """1 for the first n_unmasked entries, the mask value for the rest."""
+    ones = torch.ones(n_unmasked, device=mask.device, dtype=mask.dtype)
+    return torch.cat([ones, mask.expand(size - n_unmasked)])
+
+
+def fresh_normal(shape, std, generator, like):
+    # drawn on the cpu from a seeded generator, so every DDP rank draws the same numbers
+    return (torch.randn(shape, generator=generator) * std).to(device=like.device, dtype=like.dtype)
+
+
+def expand_tensor(old, dim, new_size, fresh):
+    """old's slices along dim, then fresh ones (a tensor of the missing shape); returns
+    (new tensor, lineage index)."""
+    n_old = old.shape[dim]
+    new = torch.cat([old, fresh], dim=dim)
+    assert new.shape[dim] == new_size
+    index = torch.cat([torch.arange(n_old), torch.full((new_size - n_old,), -1)])
+    return new, index
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias. While an MSG ramp widens the residual stream, the
+    statistics are weighted by the channel mask (old channels 1, new channels m), so at m = 0
+    they are the old statistics and at m = 1 the plain ones; the output is masked the same way."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.n_unmasked = 0  # > 0 while the channels from n_unmasked on are masked
+
+    def forward(self, x, mask):
+        if not self.n_unmasked:
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LN_EPS)
+        channel_weight = ramp_vector(x.shape[-1], self.n_unmasked, mask)
+        total = channel_weight.sum()
+        mean = (x * channel_weight).sum(-1, keepdim=True) / total
+        var = ((x - mean).pow(2) * channel_weight).sum(-1, keepdim=True) / total
+        y = (x - mean) * torch.rsqrt(var + LN_EPS) * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y * channel_weight
+
+
+class AdaptedWeight(nn.Module):
+    """A weight matrix (rows x cols) with an optional LoRA adapter:
+    effective weight = weight + (alpha / rank) * lora_B @ lora_A, lora_B (rows x rank),
+    lora_A (rank x cols). The adapter starts with its output side zeroed, so it adds nothing.
+    While an adapter is on, the main weight is frozen."""
+
+    # which adapter factor is zero at the start: the one that produces the output
+    zero_side = 'B'
+
+    def __init__(self, rows, cols):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(rows, cols))
+        self.lora_rank = 0
+        self.lora_scale = 0.0
+
+    def lora_delta(self):
+        return (self.lora_B @ self.lora_A) * self.lora_scale
+
+    def effective_weight(self):
+        return self.weight + self.lora_delta() if self.lora_rank else self.weight
+
+    @torch.no_grad()
+    def merge_lora(self):
+        if self.lora_rank:
+            self.weight.add_(self.lora_delta())
+
+    @torch.no_grad()
+    def set_lora(self, rank, alpha, generator):
+        """Merge the current adapter into the weight, then start a fresh one of `rank`."""
+        self.merge_lora()
+        for name in ('lora_A', 'lora_B'):
+            if hasattr(self, name):
+                delattr(self, name)
+        self.lora_rank, self.lora_scale = rank, (alpha / rank if rank else 0.0)
+        self.weight.requires_grad_(rank == 0)
+        if rank == 0:
+            return
+        rows, cols = self.weight.shape
+        lora_A = fresh_normal((rank, cols), INIT_STD, generator, self.weight)
+        lora_B = fresh_normal((rows, rank), INIT_STD, generator, self.weight)
+        (lora_B if self.zero_side == 'B' else lora_A).zero_()
+        self.lora_A, self.lora_B = nn.Parameter(lora_A), nn.Parameter(lora_B)
+
+
+class Linear(AdaptedWeight):
+    def __init__(self, in_features, out_features, bias):
+        super().__init__(out_features, in_features)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        if self.lora_rank:
+            # two thin matmuls are cheaper than forming the full delta
+            y = y + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.lora_scale
+        return y
+
+
+class TokenEmbedding(AdaptedWeight):
+    """The token embedding (vocab x n_embd); the output head uses the same effective matrix."""
+
+    # lora_B (vocab x rank) is a per-token code, lora_A (rank x n_embd) projects it up
+    zero_side = 'A'
+
+    def forward(self, idx):
+        return F.embedding(idx, self.effective_weight())
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.head_size = config.n_head, config.head_size
+        inner = config.n_head * config.head_size
+        self.c_attn = Linear(config.n_embd, 3 * inner, config.bias)
+        self.c_proj = Linear(inner, config.n_embd, config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        self.n_unmasked_heads = 0  # > 0 while the heads from n_unmasked_heads on are masked
+
+    def forward(self, x, mask):
+        B, T, C = x.size()
+        inner = self.n_head * self.head_size
+        q, k, v = self.c_attn(x).split(inner, dim=2)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        # flash attention on cuda
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=True)
+        if self.n_unmasked_heads:
+            y = y * ramp_vector(self.n_head, self.n_unmasked_heads, mask).view(1, -1, 1, 1)
+        y = y.transpose(1, 2).contiguous().view(B, T, inner)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, config.n_hidden, config.bias)
+        self.c_proj = Linear(config.n_hidden, config.n_embd, config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.n_unmasked = 0  # > 0 while the hidden units from n_unmasked on are masked
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+    def forward_masked(self, x, mask):
+        h = F.gelu(self.c_fc(x))
+        if self.n_unmasked:
+            h = h * ramp_vector(h.shape[-1], self.n_unmasked, mask)
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias)
+        self.mlp = MLP(config)
+        self.blended = False  # True while this block is new and blended in: m * block(x) + (1 - m) * x
+
+    def forward(self, x, mask):
+        y = x + self.attn(self.ln_1(x, mask), mask)
+        y = y + self.mlp.forward_masked(self.ln_2(y, mask), mask)
+        if self.blended:
+            return mask * y + (1 - mask) * x
+        return y
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None and config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=TokenEmbedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, config.bias),
+        ))
+        # the output head is the token embedding's effective matrix (weight tying), no module of its own
+        self.register_buffer('growth_mask', torch.zeros(()), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith('c_proj.weight'):  # scaled init of residual projections, per GPT-2
+                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
+        generator = torch.Generator().manual_seed(0)
+        self._set_lora('attn', config.attn_lora_rank, generator)
+        self._set_lora('embedding', config.embedding_lora_rank, generator)
+        self._apply_ramp()
+
+    def _init_weights(self, module):
+        if isinstance(module, (AdaptedWeight, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        if isinstance(module, Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # ---------------------------------------------------------------- forward and friends
+
+    def forward(self, idx, targets=None):
+        b, t = idx.size()
+        assert t <= self.config.block_size, f"sequence of length {t} > block_size {self.config.block_size}"
+        mask = self.growth_mask
+        head = self.transformer.wte.effective_weight()
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = F.embedding(idx, head) + self.transformer.wpe(pos)
+        if self.transformer.ln_f.n_unmasked:  # residual channels are being widened
+            x = x * ramp_vector(x.shape[-1], self.transformer.ln_f.n_unmasked, mask)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, mask)
+        x = self.transformer.ln_f(x, mask)
+        if targets is not None:
+            logits = F.linear(x, head)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        else:
+            # inference-time mini-optimization: only forward the head on the very last position
+            logits = F.linear(x[:, [-1], :], head)
+            loss = None
+        return logits, loss
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; the position embeddings are subtracted by default, like nanoGPT
+        (the token embedding is the output head, so it stays in)."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def matmul_params(self):
+        """(trained, frozen) counts of the weights that take part in matmuls per token: the
+        Linear weights, the LoRA adapters and the output head. The head's weight gradient is
+        always computed (embedding adapters train through the effective matrix), so it counts
+        as trained even while the embedding weight is frozen."""
+        trained = frozen = 0
+        for module in self.modules():
+            if isinstance(module, Linear):
+                if module.weight.requires_grad:
+                    trained += module.weight.numel()
+                else:
+                    frozen += module.weight.numel()
+            if isinstance(module, AdaptedWeight) and module.lora_rank:
+                trained += module.lora_A.numel() + module.lora_B.numel()
+        trained += self.transformer.wte.weight.numel()
+        return trained, frozen
+
+    def attention_width(self):
+        """Summed over layers, the width of the attention (heads x head size)."""
+        return sum(block.attn.n_head * block.attn.head_size for block in self.transformer.h)
+
+    def flops_per_token(self, training=True):
+        """Training: 6 per trained matmul weight (forward, input grad, weight grad), 4 per frozen
+        one (no weight grad), plus attention 12 * L * width * T (T = block_size, as in the PaLM
+        appendix). Evaluation (forward only): 2 per weight plus 4 * L * width * T."""
+        trained, frozen = self.matmul_params()
+        attention = self.attention_width() * self.config.block_size
+        if training:
+            return 6 * trained + 4 * frozen + 12 * attention
+        return 2 * (trained + frozen) + 4 * attention
+
+    def estimate_mfu(self, tokens_per_iter, dt, peak_flops=312e12):
+        """Model flops utilization against a peak (A100 bf16: 312 TFLOPS, like nanoGPT)."""
+        return self.flops_per_token() * tokens_per_iter / dt / peak_flops
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW over the trainable parameters; every tensor of 2 or more dims is decayed
+        (matmul weights, embeddings, adapters), biases and LayerNorm gains are not."""
+        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        decay = [p for p in params.values() if p.dim() >= 2]
+        no_decay = [p for p in params.values() if p.dim() < 2]
+        groups = [{'params': decay, 'weight_decay': weight_decay},
+                  {'params': no_decay, 'weight_decay': 0.0}]
+        use_fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
+        extra = dict(fused=True) if use_fused else dict()
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Complete the sequence idx (b, t) max_new_tokens times, feeding predictions back in."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float('Inf')
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+    # ---------------------------------------------------------------- growth
+
+    def _identity_lineage(self):
+        return {name: (name, None, None) for name, _ in self.named_parameters()}
+
+    def _lora_targets(self, target):
+        if target == 'embedding':
+            return [self.transformer.wte]
+        return [m for block in self.transformer.h for m in (block.attn.c_attn, block.attn.c_proj)]
+
+    def _set_lora(self, target, rank, generator):
+        for module in self._lora_targets(target):
+            module.set_lora(rank, self.config.lora_alpha, generator)
+        setattr(self.config, f'{target}_lora_rank', rank)
+
+    def _fresh_adapter_lineage(self, lineage):
+        for name, _ in self.named_parameters():
+            if name.endswith(('lora_A', 'lora_B')):
+                lineage[name] = (None, None, None)
+        return lineage
+
+    @torch.no_grad()
+    def set_lora_rank(self, target, rank, generator):
+        """target 'attn' or 'embedding'. Merges the adapters into the main weights, then fresh
+        adapters of the new rank (0 removes them and unfreezes the main weights)."""
+        self._set_lora(target, rank, generator)
+        lineage = self._identity_lineage()
+        for module in self._lora_targets(target):
+            for name, p in self.named_parameters():
+                if p is getattr(module, 'lora_A', None) or p is getattr(module, 'lora_B', None):
+                    lineage[name] = (None, None, None)
+        return lineage
+
+    @torch.no_grad()
+    def set_lora_alpha(self, alpha, generator):
+        """Changing alpha rescales the adapters, so merge them first and start fresh ones."""
+        self.config.lora_alpha = alpha
+        return self.merge_lora(generator)
+
+    @torch.no_grad()
+    def merge_lora(self, generator):
+        for target in ('attn', 'embedding'):
+            self._set_lora(target, getattr(self.config, f'{target}_lora_rank'), generator)
+        return self._fresh_adapter_lineage(self._identity_lineage())
+
+    @torch.no_grad()
+    def stack_layers(self, layer_map, generator=None, blend=False, init='copy'):
+        """New layer i is a copy of old layer layer_map[i]. With blend (MSG), every layer after
+        the first occurrence of its source is blended in through the mask; init 'random' gives
+        those new layers fresh weights instead of copies."""
+        old_blocks = self.transformer.h
+        new_blocks, lineage = [], self._identity_lineage()
+        lineage = {k: v for k, v in lineage.items() if not k.startswith('transformer.h.')}
+        seen, new_layers = set(), []
+        for i, source in enumerate(layer_map):
+            block = copy.deepcopy(old_blocks[source])
+            is_new = source in seen
+            seen.add(source)
+            fresh = is_new and init == 'random'
+            if fresh:
+                self._reinit_block(block, generator, len(layer_map))
+            if blend and is_new:
+                new_layers.append(i)
+            for suffix, _ in block.named_parameters():
+                lineage[f'transformer.h.{i}.{suffix}'] = \
+                    (None, None, None) if fresh else (f'transformer.h.{source}.{suffix}', None, None)
+            new_blocks.append(block)
+        self.transformer.h = nn.ModuleList(new_blocks)
+        self.config.n_layer = len(layer_map)
+        if new_layers:
+            self.config.ramp = {'kind': 'layers', 'new_layers': new_layers}
+        self._apply_ramp()
+        return lineage
+
+    def _reinit_block(self, block, generator, n_layer):
+        for name, p in block.named_parameters():
+            if name.endswith('lora_B') or name.endswith('bias'):
+                p.zero_()
+            elif name.endswith('lora_A') or name.endswith('c_attn.weight') or name.endswith('c_fc.weight'):
+                p.copy_(fresh_normal(p.shape, INIT_STD, generator, p))
+            elif name.endswith('c_proj.weight'):
+                p.copy_(fresh_normal(p.shape, INIT_STD / math.sqrt(2 * n_layer), generator, p))
+            else:  # layernorm gains
+                p.fill_(1.0)
+
+    @torch.no_grad()
+    def widen_mlp(self, new_hidden, generator):
+        """Net2WiderNet: each new hidden unit replicates an old one (incoming weights and bias
+        copied). A unit with c copies hands its outgoing weights to them in the unequal shares
+        1:2:..:c (normalized), so the output is unchanged and the copies' gradients differ."""
+        old_hidden = self.config.n_hidden
+        lineage = self._identity_lineage()
+        for i, block in enumerate(self.transformer.h):
+            mlp = block.mlp
+            replicas = torch.randperm(old_hidden, generator=generator)
+            index = torch.cat([torch.arange(old_hidden),
+                               replicas[torch.arange(new_hidden - old_hidden) % old_hidden]])
+            copies = torch.ones(old_hidden)
+            occurrence = torch.zeros(new_hidden)  # 0 for the original, 1, 2, .. for its replicas
+            for j in range(old_hidden, new_hidden):
+                occurrence[j] = copies[index[j]]
+                copies[index[j]] += 1
+            c = copies[index]
+            share = (occurrence + 1) / (c * (c + 1) / 2)
+            device_index = index.to(mlp.c_fc.weight.device)
+            mlp.c_fc.weight = nn.Parameter(mlp.c_fc.weight[device_index])
+            if mlp.c_fc.bias is not None:
+                mlp.c_fc.bias = nn.Parameter(mlp.c_fc.bias[device_index])
+            mlp.c_proj.weight = nn.Parameter(
+                mlp.c_proj.weight[:, device_index] * share.to(mlp.c_proj.weight))
+            prefix = f'transformer.h.{i}.mlp.'
+            for name, dim in (('c_fc.weight', 0), ('c_fc.bias', 0), ('c_proj.weight', 1)):
+                if prefix + name in lineage:
+                    lineage[prefix + name] = (prefix + name, dim, index)
+        self.config.n_hidden = new_hidden
+        return lineage
+
+    @torch.no_grad()
+    def msg_widen_mlp(self, new_hidden, generator):
+        """New hidden units with fresh weights, their activations masked."""
+        old_hidden = self.config.n_hidden
+        n_new = new_hidden - old_hidden
+        lineage = self._identity_lineage()
+        std_proj = INIT_STD / math.sqrt(2 * self.config.n_layer)
+        for i, block in enumerate(self.transformer.h):
+            mlp, prefix = block.mlp, f'transformer.h.{i}.mlp.'
+            w = mlp.c_fc.weight
+            mlp.c_fc.weight, index = self._expand(w, 0, new_hidden, fresh_normal((n_new, w.shape[1]), INIT_STD, generator, w))
+            lineage[prefix + 'c_fc.weight'] = (prefix + 'c_fc.weight', 0, index)
+            if mlp.c_fc.bias is not None:
+                b = mlp.c_fc.bias
+                mlp.c_fc.bias, index = self._expand(b, 0, new_hidden, torch.zeros(n_new).to(b))
+                lineage[prefix + 'c_fc.bias'] = (prefix + 'c_fc.bias', 0, index)
+            w = mlp.c_proj.weight
+            mlp.c_proj.weight, index = self._expand(w, 1, new_hidden, fresh_normal((w.shape[0], n_new), std_proj, generator, w))
+            lineage[prefix + 'c_proj.weight'] = (prefix + 'c_proj.weight', 1, index)
+        self.config.n_hidden = new_hidden
+        self.config.ramp = {'kind': 'mlp', 'n_unmasked': old_hidden}
+        self._apply_ramp()
+        return lineage
+
+    @torch.no_grad()
+    def msg_add_heads(self, n_new_heads, generator):
+        """New attention heads of the same head size, their outputs masked. The residual width
+        n_embd stays; the attention's inner width (heads x head size) grows, so c_attn gets new
+        rows (q, k and v of the new heads) and c_proj new columns."""
+        old_heads, hs = self.config.n_head, self.config.head_size
+        new_heads = old_heads + n_new_heads
+        old_inner, new_inner, n_embd = old_heads * hs, new_heads * hs, self.config.n_embd
+        lineage = self._identity_lineage()
+        std_proj = INIT_STD / math.sqrt(2 * self.config.n_layer)
+        for i, block in enumerate(self.transformer.h):
+            attn, prefix = block.attn, f'transformer.h.{i}.attn.'
+            # c_attn rows are [q | k | v], each old_inner long: grow each third
+            w, parts, indices = attn.c_attn.weight, [], []
+            for s in range(3):
+                part, index = self._expand(w[s * old_inner:(s + 1) * old_inner], 0, new_inner,
+                                           fresh_normal((new_inner - old_inner, n_embd), INIT_STD, generator, w))
+                parts.append(part)
+                indices.append(torch.where(index >= 0, index + s * old_inner, index))
+            attn.c_attn.weight = nn.Parameter(torch.cat(parts))
+            qkv_index = torch.cat(indices)
+            lineage[prefix + 'c_attn.weight'] = (prefix + 'c_attn.weight', 0, qkv_index)
+            if attn.c_attn.bias is not None:
+                b = attn.c_attn.bias
+                fresh = torch.zeros(3 * new_inner).to(b)
+                fresh[qkv_index >= 0] = b
+                attn.c_attn.bias = nn.Parameter(fresh)
+                lineage[prefix + 'c_attn.bias'] = (prefix + 'c_attn.bias', 0, qkv_index)
+            w = attn.c_proj.weight
+            attn.c_proj.weight, index = self._expand(w, 1, new_inner, fresh_normal((n_embd, new_inner - old_inner), std_proj, generator, w))
+            lineage[prefix + 'c_proj.weight'] = (prefix + 'c_proj.weight', 1, index)
+            attn.n_head = new_heads
+        self.config.n_head = new_heads
+        self.config.ramp = {'kind': 'heads', 'n_unmasked': old_heads}
+        self._apply_ramp()
+        return lineage
+
+    @torch.no_grad()
+    def msg_widen_embd(self, new_embd, generator):
+        """Widen the residual stream: every tensor with an n_embd dimension grows along it.
+        The new channels of the embeddings and of every LayerNorm output are masked, and the
+        LayerNorm statistics are weighted by the mask (see LayerNorm)."""
+        old_embd = self.config.n_embd
+        n_new = new_embd - old_embd
+        std_proj = INIT_STD / math.sqrt(2 * self.config.n_layer)
+        lineage = self._identity_lineage()
+        for name, p in list(self.named_parameters()):
+            module_name, attr = name.rsplit('.', 1)
+            module = self.get_submodule(module_name)
+            if isinstance(module, LayerNorm):
+                dim, fresh = 0, torch.full((n_new,), 1.0 if attr == 'weight' else 0.0)
+            elif module_name.endswith('c_proj'):  # writes into the residual stream: rows grow
+                dim = 0
+                fresh = torch.zeros(n_new) if attr == 'bias' else torch.randn((n_new, p.shape[1]), generator=generator) * std_proj
+            elif attr == 'weight':  # reads the residual stream (c_attn, c_fc) or is an embedding: columns grow
+                dim, fresh = 1, torch.randn((p.shape[0], n_new), generator=generator) * INIT_STD
+            else:
+                continue
+            new, index = self._expand(p, dim, p.shape[dim] + n_new, fresh.to(p))
+            setattr(module, attr, new)
+            lineage[name] = (name, dim, index)
+        self.config.n_embd = new_embd
+        self.config.ramp = {'kind': 'embd', 'n_unmasked': old_embd}
+        self._apply_ramp()
+        return lineage
+
+    @staticmethod
+    def _expand(p, dim, new_size, fresh):
+        new, index = expand_tensor(p.detach(), dim, new_size, fresh)
+        return nn.Parameter(new, requires_grad=p.requires_grad), index
+
+    def fold_ramp(self):
+        """The mask has reached 1: masked structure is now plain structure. No parameter changes."""
+        self.config.ramp = None
+        self._apply_ramp()
+
+    def set_growth_mask(self, value):
+        self.growth_mask.fill_(value)
+
+    def _apply_ramp(self):
+        """Set the modules' mask bookkeeping from config.ramp (the serializable truth)."""
+        ramp = self.config.ramp or {}
+        kind, n_unmasked = ramp.get('kind'), ramp.get('n_unmasked', 0)
+        for i, block in enumerate(self.transformer.h):
+            block.blended = kind == 'layers' and i in ramp['new_layers']
+            block.mlp.n_unmasked = n_unmasked if kind == 'mlp' else 0
+            block.attn.n_unmasked_heads = n_unmasked if kind == 'heads' else 0
+            block.ln_1.n_unmasked = block.ln_2.n_unmasked = n_unmasked if kind == 'embd' else 0
+        self.transformer.ln_f.n_unmasked = n_unmasked if kind == 'embd' else 0

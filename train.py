@@ -1,0 +1,1179 @@
+"""
+Training script with a growth orchestrator. Runs on one CPU or GPU, or under DDP.
+
+Single process, e.g. the CPU demo:
+$ python train.py config/train_shakespeare_char_cpu.py --scaling_schedule_file=configs/test_scaling_schedule.yaml
+
+DDP on 4 gpus on 1 node (or 2 cpu processes, gloo):
+$ torchrun --standalone --nproc_per_node=4 train.py
+
+The orchestrator follows a schedule file: at every eval, while the next entry's trigger fires
+(val loss below trigger_loss, or max_wait_iters since the previous operation), it runs that
+entry's operation: a hyperparameter change, or a growth of the model. See README_ORCHESTRATOR.md.
+"""
+
+import difflib
+import json
+import math
+import os
+import pickle
+import signal
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import ConfigError, configure
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# default config values designed to train a gpt2 (124M) on OpenWebText
+# I/O
+out_dir = 'out'
+eval_interval = 2000
+log_interval = 1
+eval_iters = 200
+eval_only = False  # if True, script exits right after the first eval
+always_save_checkpoint = True  # if True, always save a checkpoint after each eval
+init_from = 'scratch'  # 'scratch' or 'resume'
+# wandb logging
+wandb_log = False  # disabled by default
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'
+# data
+dataset = 'openwebtext'
+data_dir = ''  # '' means data/{dataset}
+gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes; summed over DDP ranks
+batch_size = 12  # if gradient_accumulation_steps > 1, this is the micro-batch size
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+n_hidden = 0  # mlp width; 0 means 4 * n_embd
+head_size = 0  # 0 means n_embd // n_head
+dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
+bias = False  # do we use bias inside LayerNorm and Linear layers?
+attn_lora_rank = 0  # LoRA adapters on the attention projections (0 = off)
+embedding_lora_rank = 0  # LoRA adapter on the token embedding and tied head (0 = off)
+lora_alpha = 1.0
+# adamw optimizer
+learning_rate = 6e-4  # max learning rate
+max_iters = 600000  # total number of training iterations
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip gradients at this value, or disable if == 0.0
+# learning rate decay settings
+decay_lr = True  # whether to decay the learning rate
+warmup_iters = 2000  # how many steps to warm up for
+lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
+min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
+# DDP settings
+backend = ''  # '' picks nccl for cuda, gloo for cpu
+# system
+device = 'cuda'  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1' or 'mps' on macbooks
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16'  # cpu always runs float32
+compile = True  # use PyTorch 2.0 to compile the model to be faster
+seed = 1337  # each DDP rank adds its rank
+# orchestrator
+scaling_schedule_file = ''  # a YAML or JSON schedule; '' = none (on resume: the schedule stored in the checkpoint)
+dry_run = False  # validate the schedule against the model, print the plan, exit
+growth_optimizer_state = 'carry'  # after a growth op: 'carry' AdamW moments through the lineage, or 'reset'
+growth_lr_rewarm_iters = 0  # > 0: linear lr re-warmup over this many iters after a growth op
+skip_nonfinite_steps = 0  # 0: stop at a non-finite loss/grad norm; N: skip such steps, stop after N in a row
+check_rank_consistency = True  # DDP: compare a parameter checksum across ranks after every growth op
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+# -----------------------------------------------------------------------------
+# orchestrator state: everything the schedule changes lives here, and is checkpointed
+lr_multiplier = 1.0  # scales learning_rate and min_lr
+batch_size_multiplier = 1.0
+grad_accum_multiplier = 1.0
+lr_schedule_offset = 0  # the lr schedule (warmup, decay) runs on iter_num - lr_schedule_offset
+warmup_iters_multiplier = 1.0  # scales warmup_iters and lr_decay_iters
+eval_iters_multiplier = 1.0
+eval_interval_multiplier = 1.0
+schedule = []  # the entries still to run, next first
+schedule_position = 0  # index in the schedule file of schedule[0]
+iter_of_last_op = 0
+executed_ops = []  # the entries already run, each with the iter and reason it fired
+active_ramp = None  # the MSG mask still rising: {'name', 'start_iter', 'anneal_iters'}
+iter_of_last_growth = -1  # for growth_lr_rewarm_iters; -1 = no growth yet
+ORCHESTRATOR_KEYS = ['lr_multiplier', 'batch_size_multiplier', 'grad_accum_multiplier', 'lr_schedule_offset',
+                     'warmup_iters_multiplier', 'eval_iters_multiplier', 'eval_interval_multiplier', 'schedule',
+                     'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp', 'iter_of_last_growth']
+ddp_world_size = 1  # set by setup_distributed; the orchestrator's rounding of grad accumulation needs it
+model = None  # the GPT being trained (set in main; growth ops change it in place)
+EVAL_SEED = 0  # eval batches do not depend on `seed`, so runs with different seeds share them
+# -----------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """Bad input from the user: shown as one message, no traceback, exit code 2."""
+
+
+# -----------------------------------------------------------------------------
+# effective values: the loop reads every schedulable setting through these
+
+def effective_batch_size():
+    return round(batch_size * batch_size_multiplier)
+
+
+def effective_grad_accum():
+    """Global accumulation steps (summed over ranks), rounded to the nearest multiple of the
+    DDP world size, at least one step per rank."""
+    total = gradient_accumulation_steps * grad_accum_multiplier
+    return max(1, round(total / ddp_world_size)) * ddp_world_size
+
+
+def effective_eval_iters():
+    return round(eval_iters * eval_iters_multiplier)
+
+
+def effective_eval_interval():
+    return round(eval_interval * eval_interval_multiplier)
+
+
+def effective_warmup_iters():
+    return round(warmup_iters * warmup_iters_multiplier)
+
+
+def effective_lr_decay_iters():
+    return round(lr_decay_iters * warmup_iters_multiplier)
+
+
+def get_lr(it):
+    """Linear warmup then cosine decay to min_lr, on the schedule's own clock, scaled by
+    lr_multiplier, and re-warmed after a growth op when growth_lr_rewarm_iters > 0."""
+    lr_max, lr_min = learning_rate * lr_multiplier, min_lr * lr_multiplier
+    lr = lr_max
+    if decay_lr:
+        t, warmup, decay = it - lr_schedule_offset, effective_warmup_iters(), effective_lr_decay_iters()
+        if t < warmup:
+            lr = lr_max * (t + 1) / (warmup + 1)
+        elif t > decay:
+            lr = lr_min
+        else:
+            ratio = (t - warmup) / max(1, decay - warmup)
+            lr = lr_min + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr_max - lr_min)
+    since_growth = it - iter_of_last_growth
+    if iter_of_last_growth >= 0 and since_growth < growth_lr_rewarm_iters:
+        lr *= (since_growth + 1) / (growth_lr_rewarm_iters + 1)
+    return lr
+
+
+def effective_settings():
+    """What an operation can change, for logs, events and the dry-run plan."""
+    settings = dict(lr=learning_rate * lr_multiplier, batch_size=effective_batch_size(),
+                    grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
+                    eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
+                    lr_decay_iters=effective_lr_decay_iters())
+    c = model.config
+    settings.update(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_hidden=c.n_hidden,
+                    attn_lora_rank=c.attn_lora_rank, embedding_lora_rank=c.embedding_lora_rank,
+                    lora_alpha=c.lora_alpha, params=model.get_num_params(),
+                    flops_per_token=model.flops_per_token())
+    return settings
+
+
+# -----------------------------------------------------------------------------
+# the schedule: loading, validation rules beside each operation, the operation table
+
+ENTRY_KEYS = ('name', 'value', 'trigger_loss', 'max_wait_iters', 'reevaluate')
+
+
+class ScheduleError(UserError):
+    def __init__(self, path, index, field, message):
+        where = f"{path}: entry {index}" if index is not None else path
+        where += f", field '{field}'" if field else ''
+        super().__init__(f"{where}: {message}")
+
+
+class BadValue(Exception):
+    """Raised by an operation's value checks; execution of the check adds file, entry and field."""
+
+
+def describe(value):
+    return f"{value!r} ({type(value).__name__})"
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_factor(value, minimum=0.0, allow_minimum=False):
+    if not is_number(value) or not math.isfinite(value):
+        raise BadValue(f"expected a finite number, got {describe(value)}")
+    if value < minimum or (value == minimum and not allow_minimum):
+        bound = f">= {minimum}" if allow_minimum else f"> {minimum}"
+        raise BadValue(f"expected a number {bound}, got {value!r}")
+    return value
+
+
+def check_int(value, minimum):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadValue(f"expected an integer >= {minimum}, got {describe(value)}")
+    if value < minimum:
+        raise BadValue(f"expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_null(value):
+    if value is not None:
+        raise BadValue(f"expected null, got {describe(value)}")
+
+
+def check_layer_map(value, n_layers_now):
+    """An int k >= 2 (repeat the stack k times) or a list of layer indices; returns the map."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        check_int(value, 2)
+        return list(range(n_layers_now)) * value
+    if not isinstance(value, list) or not value:
+        raise BadValue(f"expected an integer >= 2 or a non-empty list of layer indices, got {describe(value)}")
+    for i in value:
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n_layers_now:
+            raise BadValue(f"layer index {i!r} is out of range: the model has {n_layers_now} layers "
+                           f"at this point (indices 0..{n_layers_now - 1})")
+    return value
+
+
+def check_mapping(value, required, optional=()):
+    if not isinstance(value, dict):
+        raise BadValue(f"expected a mapping with keys {', '.join(required)}, got {describe(value)}")
+    missing = [k for k in required if k not in value]
+    unknown = [k for k in value if k not in required and k not in optional]
+    if missing:
+        raise BadValue(f"missing key '{missing[0]}' (expected keys: {', '.join(required + tuple(optional))})")
+    if unknown:
+        raise BadValue(f"unknown key '{unknown[0]}' (expected keys: {', '.join(required + tuple(optional))})")
+    check_int(value['anneal_iters'], 1)
+    return value
+
+
+def require_lora(config, target):
+    ranks = {'attn': config.attn_lora_rank, 'embedding': config.embedding_lora_rank}
+    if target == 'any' and not any(ranks.values()) or target != 'any' and not ranks[target]:
+        which = 'attn_lora_rank or embedding_lora_rank' if target == 'any' else f'{target}_lora_rank'
+        raise BadValue(f"LoRA is off at this point ({which} is 0): this operation needs it on")
+
+
+def require_no_lora(config):
+    if config.attn_lora_rank or config.embedding_lora_rank:
+        raise BadValue("needs LoRA off at this point (attn_lora_rank and embedding_lora_rank 0); "
+                       "remove it first with change_*_lora_rank value 0")
+
+
+def grown_size(size, factor):
+    new_size = round(size * factor)
+    if new_size <= size:
+        raise BadValue(f"factor {factor} leaves the size at {size} -> {new_size}: it must grow")
+    return new_size
+
+
+def growth_generator():
+    # the same seed on every DDP rank, so that every rank grows the same weights
+    return torch.Generator().manual_seed(seed + iter_of_last_op)
+
+
+def check_rounds_positive(label, value):
+    if value < 1:
+        raise BadValue(f"this makes {label} round to {value}; it must stay >= 1")
+
+
+@dataclass
+class Operation:
+    check: object  # check(value, model_config) -> None, raises BadValue; runs before step 0
+    apply: object  # apply(value) -> lineage dict for growth ops, None for hyperparameter ops
+    grows: bool = False  # changes the model's parameters (optimizer and wrappers are rebuilt)
+    ramp: bool = False  # MSG: starts a mask ramp of value['anneal_iters']
+
+
+def multiplier_ops(multiplier, base_key, label, absolute_check):
+    """The pair change_X (multiply) / set_X (absolute value) for one multiplier."""
+    def scale(value):
+        globals()[multiplier] *= value
+
+    def assign(value):
+        globals()[multiplier] = value / globals()[base_key]
+
+    def check_set(value, _config):
+        absolute_check(value)
+        if globals()[base_key] == 0:
+            raise BadValue(f"cannot set {label}: the config's {base_key} is 0")
+
+    return (Operation(lambda value, _config: check_factor(value), scale),
+            Operation(check_set, assign))
+
+
+def msg_op(grow, check_value):
+    def check(value, config):
+        check_value(value, config)
+
+    return Operation(check, grow, grows=True, ramp=True)
+
+
+OPERATIONS = {}
+for _name, _multiplier, _base, _absolute in [
+        ('lr', 'lr_multiplier', 'learning_rate', check_factor),
+        ('batch_size', 'batch_size_multiplier', 'batch_size', lambda v: check_int(v, 1)),
+        ('grad_accum', 'grad_accum_multiplier', 'gradient_accumulation_steps', lambda v: check_int(v, 1)),
+        ('warmup_iters', 'warmup_iters_multiplier', 'warmup_iters', lambda v: check_int(v, 1)),
+        ('eval_iters', 'eval_iters_multiplier', 'eval_iters', lambda v: check_int(v, 1)),
+        ('eval_interval', 'eval_interval_multiplier', 'eval_interval', lambda v: check_int(v, 1))]:
+    OPERATIONS[f'change_{_name}'], OPERATIONS[f'set_{_name}'] = multiplier_ops(_multiplier, _base, _name, _absolute)
+
+
+def reset_lr_schedule(_value):
+    global lr_schedule_offset
+    lr_schedule_offset = iter_of_last_op
+
+
+def check_lora_rank(target):
+    def check(value, config):
+        check_factor(value, 0.0, allow_minimum=True)
+        require_lora(config, target)
+    return check
+
+
+def check_lora_op(value, config, null=False):
+    check_null(value) if null else check_factor(value)
+    require_lora(config, 'any')
+
+
+def check_msg_stack(value, config):
+    check_mapping(value, ('layers', 'anneal_iters'), ('init',))
+    layer_map = check_layer_map(value['layers'], config.n_layer)
+    if value.get('init', 'copy') not in ('copy', 'random'):
+        raise BadValue(f"init must be 'copy' or 'random', got {describe(value['init'])}")
+    first_seen = [i for n, i in enumerate(layer_map) if i not in layer_map[:n]]
+    if first_seen != list(range(config.n_layer)):
+        raise BadValue(f"layer map {layer_map} must keep every old layer, in order, at its first occurrence "
+                       "(new layers are the repeats), so that the network is unchanged at mask 0")
+
+
+def check_msg_widen(value, config, size_key):
+    check_mapping(value, ('factor', 'anneal_iters'))
+    check_factor(value['factor'], 1.0)
+    grown_size(getattr(config, size_key), value['factor'])
+    require_no_lora(config) if size_key == 'n_embd' else None
+
+
+def check_msg_heads(value, config):
+    check_mapping(value, ('n_new_heads', 'anneal_iters'))
+    check_int(value['n_new_heads'], 1)
+    if config.attn_lora_rank:
+        raise BadValue("needs attention LoRA off at this point (attn_lora_rank 0)")
+
+
+def check_widen(value, config):
+    check_factor(value, 1.0)
+    grown_size(config.n_hidden, value)
+
+
+OPERATIONS.update({
+    'reset_lr_schedule': Operation(lambda value, _config: check_null(value), reset_lr_schedule),
+    'stack_layers': Operation(lambda value, config: check_layer_map(value, config.n_layer),
+                              lambda value: model.stack_layers(check_layer_map(value, model.config.n_layer)),
+                              grows=True),
+    'widen_mlp': Operation(check_widen,
+                           lambda value: model.widen_mlp(round(model.config.n_hidden * value), growth_generator()),
+                           grows=True),
+    'change_attn_lora_rank': Operation(
+        check_lora_rank('attn'),
+        lambda value: model.set_lora_rank('attn', round(model.config.attn_lora_rank * value), growth_generator()),
+        grows=True),
+    'change_embedding_lora_rank': Operation(
+        check_lora_rank('embedding'),
+        lambda value: model.set_lora_rank('embedding', round(model.config.embedding_lora_rank * value),
+                                          growth_generator()),
+        grows=True),
+    'change_lora_alpha': Operation(check_lora_op,
+                                   lambda value: model.set_lora_alpha(model.config.lora_alpha * value,
+                                                                      growth_generator()),
+                                   grows=True),
+    'merge_lora_weights': Operation(lambda value, config: check_lora_op(value, config, null=True),
+                                    lambda value: model.merge_lora(growth_generator()), grows=True),
+    'msg_widen_mlp': msg_op(lambda value: model.msg_widen_mlp(round(model.config.n_hidden * value['factor']),
+                                                              growth_generator()),
+                            lambda value, config: check_msg_widen(value, config, 'n_hidden')),
+    'msg_add_heads': msg_op(lambda value: model.msg_add_heads(value['n_new_heads'], growth_generator()),
+                            check_msg_heads),
+    'msg_stack_layers': msg_op(
+        lambda value: model.stack_layers(check_layer_map(value['layers'], model.config.n_layer),
+                                         growth_generator(), blend=True, init=value.get('init', 'copy')),
+        check_msg_stack),
+    'msg_widen_embd': msg_op(lambda value: model.msg_widen_embd(round(model.config.n_embd * value['factor']),
+                                                                growth_generator()),
+                             lambda value, config: check_msg_widen(value, config, 'n_embd')),
+})
+
+
+def load_schedule_file(path):
+    """Parse a YAML (.yaml/.yml) or JSON file into a list of raw entries; checks the shape only."""
+    if not os.path.isfile(path):
+        raise ScheduleError(path, None, None, "schedule file not found")
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    if path.endswith(('.yaml', '.yml')):
+        import yaml
+        try:
+            entries = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, 'problem_mark', None)
+            line = f"line {mark.line + 1}: " if mark is not None else ''
+            raise ScheduleError(path, None, None, f"YAML syntax error, {line}{getattr(e, 'problem', e)}") from None
+    elif path.endswith('.json'):
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ScheduleError(path, None, None, f"JSON syntax error, line {e.lineno}: {e.msg}") from None
+    else:
+        raise ScheduleError(path, None, None, "expected a .yaml, .yml or .json file")
+    if entries is None:
+        raise ScheduleError(path, None, None, "the file is empty; expected a list of entries")
+    if not isinstance(entries, list):
+        raise ScheduleError(path, None, None, f"expected a list of entries at the top level, got a {type(entries).__name__}")
+    for index, entry in enumerate(entries):
+        check_entry_shape(path, index, entry)
+    return entries
+
+
+def check_entry_shape(path, index, entry):
+    """The fields every entry has, whatever its operation."""
+    if not isinstance(entry, dict):
+        raise ScheduleError(path, index, None, f"expected a mapping with keys {', '.join(ENTRY_KEYS)}, got {describe(entry)}")
+    for key in ENTRY_KEYS:
+        if key not in entry:
+            raise ScheduleError(path, index, key, f"missing (every entry has {', '.join(ENTRY_KEYS)})")
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            close = difflib.get_close_matches(str(key), ENTRY_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ''
+            raise ScheduleError(path, index, key, f"unknown key{hint}; expected exactly {', '.join(ENTRY_KEYS)}")
+    name = entry['name']
+    if name not in OPERATIONS:
+        close = difflib.get_close_matches(str(name), list(OPERATIONS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        raise ScheduleError(path, index, 'name', f"unknown operation {name!r}{hint}")
+    trigger = entry['trigger_loss']
+    if not is_number(trigger) or not math.isfinite(trigger):
+        raise ScheduleError(path, index, 'trigger_loss', f"expected a finite number, got {describe(trigger)}")
+    wait = entry['max_wait_iters']
+    if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
+        raise ScheduleError(path, index, 'max_wait_iters', f"expected an integer >= 0, got {describe(wait)}")
+    if not isinstance(entry['reevaluate'], bool):
+        raise ScheduleError(path, index, 'reevaluate', f"expected true or false, got {describe(entry['reevaluate'])}")
+
+
+def estimated_memory_bytes():
+    """A rough upper estimate of training memory: weights, grads and AdamW moments (16 bytes per
+    parameter in fp32) plus activations (4 bytes, ~ 16 values per channel per layer per token)."""
+    c = model.config
+    params = sum(p.numel() for p in model.parameters())
+    tokens = effective_batch_size() * c.block_size
+    width = c.n_embd * 12 + c.n_hidden * 2 + c.n_head * c.head_size * 4
+    return 16 * params + 4 * tokens * c.n_layer * width
+
+
+def available_memory_bytes():
+    if device.startswith('cuda') and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
+def check_fits_in_memory(where):
+    need, have = estimated_memory_bytes(), available_memory_bytes()
+    if need > have:
+        raise UserError(f"{where}: the model would need about {need / 2**30:.1f} GiB to train "
+                        f"({model.get_num_params() / 1e6:.1f}M parameters, batch {effective_batch_size()}), "
+                        f"more than the {have / 2**30:.1f} GiB of {device}")
+
+
+@contextmanager
+def simulation(model_config):
+    """Run operations on a copy of the orchestrator state and a weightless (meta device) model,
+    then put everything back."""
+    global model
+    saved_state, saved_model = orchestrator_state(), model
+    with torch.device('meta'):
+        model = GPT(GPTConfig(**asdict(model_config)))
+    try:
+        yield
+    finally:
+        model = saved_model
+        load_orchestrator_state(saved_state)
+
+
+def validate_schedule(path, entries, first_index, model_config):
+    """Walk the schedule on a simulated model: every value is checked against the model and the
+    settings it will meet. Returns the plan: one row of effective settings per entry."""
+    plan = []
+    with simulation(model_config):
+        check_fits_in_memory('config')
+        for offset, entry in enumerate(entries):
+            index = first_index + offset
+            operation = OPERATIONS[entry['name']]
+            try:
+                operation.check(entry['value'], model.config)
+                operation.apply(entry['value'])
+                if operation.ramp:
+                    model.fold_ramp()
+                settings = effective_settings()
+                check_rounds_positive('the batch size', settings['batch_size'])
+                check_rounds_positive('eval_iters', settings['eval_iters'])
+                check_rounds_positive('eval_interval', settings['eval_interval'])
+            except BadValue as e:
+                raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
+            check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
+            plan.append(dict(index=index, name=entry['name'], value=entry['value'], **settings))
+    return plan
+
+
+def print_plan(plan):
+    print(f"plan: {len(plan)} operations")
+    for row in plan:
+        print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}): lr {row['lr']:.3g}, "
+              f"batch {row['batch_size']} x accum {row['grad_accum']}, n_layer {row['n_layer']}, "
+              f"n_head {row['n_head']}, n_embd {row['n_embd']}, n_hidden {row['n_hidden']}, "
+              f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
+              f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
+
+
+# -----------------------------------------------------------------------------
+# the orchestrator at work
+
+def orchestrator_state():
+    return {k: json.loads(json.dumps(globals()[k])) for k in ORCHESTRATOR_KEYS}
+
+
+def load_orchestrator_state(state):
+    globals().update(json.loads(json.dumps(state)))
+
+
+def reset_orchestrator(entries=()):
+    """Fresh orchestrator state with the given schedule (tests use this too)."""
+    load_orchestrator_state(dict(
+        lr_multiplier=1.0, batch_size_multiplier=1.0, grad_accum_multiplier=1.0, lr_schedule_offset=0,
+        warmup_iters_multiplier=1.0, eval_iters_multiplier=1.0, eval_interval_multiplier=1.0,
+        schedule=list(entries), schedule_position=0, iter_of_last_op=0, executed_ops=[],
+        active_ramp=None, iter_of_last_growth=-1))
+
+
+def trigger_reason(entry, iter_num, val_loss):
+    if val_loss < entry['trigger_loss']:
+        return 'loss'
+    if iter_num - iter_of_last_op >= entry['max_wait_iters']:
+        return 'timeout'
+    return None
+
+
+def ramp_mask(iter_num):
+    """The MSG mask at iter_num: 0 at the op, rising linearly to 1 after anneal_iters."""
+    if active_ramp is None:
+        return 1.0
+    return min(1.0, (iter_num - active_ramp['start_iter']) / active_ramp['anneal_iters'])
+
+
+def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
+    """Run one schedule entry: apply it, record it, log what it changed. on_growth(lineage) rebuilds
+    the optimizer and wrappers after a growth op (main() passes it; orchestrator tests need none).
+    Returns {setting: [before, after]} for every effective setting it changed."""
+    global schedule_position, iter_of_last_op, active_ramp, iter_of_last_growth
+    operation = OPERATIONS[entry['name']]
+    if master_process:
+        print("=== SCALING OPERATION TRIGGERED ===")
+        print(f"Operation: {entry['name']} (entry {schedule_position}), value {json.dumps(entry['value'])}")
+        if reason == 'loss':
+            print(f"Trigger reason: loss. Current val loss {val_loss:.4f} < trigger loss {entry['trigger_loss']}")
+        else:
+            print(f"Trigger reason: timeout. Waited {iter_num - iter_of_last_op} iters "
+                  f"(max_wait_iters {entry['max_wait_iters']}), current val loss {val_loss:.4f}")
+    iter_of_last_op = iter_num
+    before = effective_settings() if model is not None else {}
+    started = time.time()
+    lineage = operation.apply(entry['value'])
+    if operation.grows:
+        iter_of_last_growth = iter_num
+        if on_growth is not None:
+            on_growth(lineage)
+    if operation.ramp:
+        active_ramp = dict(name=entry['name'], start_iter=iter_num, anneal_iters=entry['value']['anneal_iters'])
+        model.set_growth_mask(0.0)
+    seconds = time.time() - started
+    after = effective_settings() if model is not None else {}
+    changes = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
+    schedule.pop(0)
+    executed_ops.append(dict(entry, index=schedule_position, iter=iter_num, reason=reason))
+    schedule_position += 1
+    if master_process:
+        for key, (old, new) in changes.items():
+            print(f"New {key}: {old} -> {new}")
+        if operation.grows:
+            print(f"Growth policy: optimizer state '{growth_optimizer_state}', "
+                  f"lr re-warmup {growth_lr_rewarm_iters} iters; op took {seconds:.3f}s")
+        if operation.ramp:
+            print(f"MSG mask ramps 0 -> 1 over {active_ramp['anneal_iters']} iters")
+        print("=== SCALING OPERATION COMPLETE ===")
+    return changes
+
+
+def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_event=None):
+    """At an eval step: fire the next entries while their triggers hold. reevaluate() returns a fresh
+    val loss after an entry that asks for it. Returns the val loss of the model as it now is."""
+    while schedule:
+        entry = schedule[0]
+        reason = trigger_reason(entry, iter_num, val_loss)
+        if reason is None:
+            break
+        if OPERATIONS[entry['name']].grows and active_ramp is not None:
+            if master_process:
+                print(f"orchestrator: {entry['name']} waits for the {active_ramp['name']} mask ramp to finish")
+            break
+        changes = execute_operation(entry, reason, iter_num, val_loss, on_growth)
+        val_loss_after = reevaluate() if entry['reevaluate'] and reevaluate is not None else None
+        if log_event is not None:
+            log_event(dict(event='op', iter=iter_num, name=entry['name'], value=entry['value'], reason=reason,
+                           val_loss_before=val_loss, val_loss_after=val_loss_after,
+                           index=schedule_position - 1, changes=changes,
+                           optimizer_policy=growth_optimizer_state if OPERATIONS[entry['name']].grows else None))
+        if val_loss_after is not None:
+            val_loss = val_loss_after
+    return val_loss
+
+
+def advance_ramp(iter_num):
+    """Set the model's MSG mask for this iteration; fold it away once it reaches 1.
+    Returns True when the model's structure changed (wrappers must be rebuilt)."""
+    global active_ramp
+    if active_ramp is None:
+        return False
+    mask = ramp_mask(iter_num)
+    if mask < 1.0:
+        model.set_growth_mask(mask)
+        return False
+    model.set_growth_mask(1.0)
+    model.fold_ramp()
+    if master_process:
+        print(f"orchestrator: {active_ramp['name']} mask reached 1 at iter {iter_num}, folded away")
+    active_ramp = None
+    return True
+
+
+# -----------------------------------------------------------------------------
+# runtime helpers: setup, data, eval, checkpoints, events
+
+master_process = True  # rank 0 logs and writes; set by setup_distributed
+
+
+def setup_distributed():
+    """Returns (ddp, rank, local_rank, device). Picks the backend by device."""
+    global ddp_world_size, master_process, device
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    if not ddp:
+        return False, 0, 0, device
+    rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
+    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    master_process = rank == 0
+    if device.startswith('cuda'):
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'))
+    return True, rank, local_rank, device
+
+
+def data_path():
+    return data_dir or os.path.join('data', dataset)
+
+
+def check_data():
+    """train.bin, val.bin and meta.pkl exist and the tokens fit the vocabulary. Returns meta."""
+    folder = data_path()
+    prepare = f"python data/{dataset}/prepare.py" if os.path.isfile(f"data/{dataset}/prepare.py") \
+        else "python data/text/prepare.py --input YOUR_TEXT --out_dir " + folder
+    for name in ('train.bin', 'val.bin', 'meta.pkl'):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise UserError(f"data: {os.path.join(folder, name)} not found; make it with: {prepare}")
+    try:
+        with open(os.path.join(folder, 'meta.pkl'), 'rb') as f:
+            meta = pickle.load(f)
+        vocab_size = int(meta['vocab_size'])
+    except Exception as e:
+        raise UserError(f"data: {os.path.join(folder, 'meta.pkl')} is unreadable or has no vocab_size ({e}); "
+                        f"remake it with: {prepare}") from None
+    for split in ('train', 'val'):
+        tokens = np.memmap(os.path.join(folder, f'{split}.bin'), dtype=np.uint16, mode='r')
+        if len(tokens) <= block_size:
+            raise UserError(f"data: {split}.bin in {folder} has {len(tokens)} tokens, fewer than block_size+1 "
+                            f"({block_size + 1})")
+        largest = max(int(tokens[i:i + 2**26].max()) for i in range(0, len(tokens), 2**26))
+        if largest >= vocab_size:
+            raise UserError(f"data: {split}.bin in {folder} holds token {largest}, but meta.pkl's vocab_size is "
+                            f"{vocab_size}; remake the data with: {prepare}")
+    return meta
+
+
+def get_batch(split, generator, size):
+    # recreate np.memmap every batch to avoid a memory leak, as per
+    # https://stackoverflow.com/questions/45132940/numpy-memmap-memory-usage-want-to-iterate-once/61472122#61472122
+    data = np.memmap(os.path.join(data_path(), f'{split}.bin'), dtype=np.uint16, mode='r')
+    ix = torch.randint(len(data) - block_size, (size,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if device.startswith('cuda'):
+        # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+@torch.no_grad()
+def estimate_loss(eval_model, ctx, rank, ddp):
+    """Mean loss over a fixed set of batches per split: the generator is seeded the same way at
+    every eval (per rank; ranks average), so the same weights always give the same number.
+    Batches have the config's batch_size, whatever the schedule does to the training batch."""
+    out = {}
+    eval_model.eval()
+    for split_index, split in enumerate(['train', 'val']):
+        generator = torch.Generator().manual_seed(EVAL_SEED + 1000 * split_index + rank)
+        losses = torch.zeros(effective_eval_iters(), device=device)
+        for k in range(len(losses)):
+            X, Y = get_batch(split, generator, batch_size)
+            with ctx:
+                _, loss = eval_model(X, Y)
+            losses[k] = loss.float()
+        mean = losses.mean()
+        if ddp:
+            dist.all_reduce(mean, op=dist.ReduceOp.AVG)
+        out[split] = mean.item()
+    eval_model.train()
+    return out
+
+
+def eval_flops():
+    """Flops of one estimate_loss call, all ranks together."""
+    tokens = 2 * effective_eval_iters() * batch_size * block_size * ddp_world_size
+    return model.flops_per_token(training=False) * tokens
+
+
+def save_checkpoint(checkpoint, path):
+    """Atomic: write a temp file, then rename over the old one; a crash mid-write leaves the old file."""
+    tmp = path + '.tmp'
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UserError(f"init_from='resume': no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        missing = [k for k in ('model', 'model_args', 'optimizer', 'iter_num', 'orchestrator', 'rng')
+                   if k not in checkpoint]
+    except Exception as e:
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if missing:
+        raise UserError(f"{path}: not a checkpoint of this train.py: missing '{missing[0]}'")
+    return checkpoint
+
+
+def rng_state(generator):
+    state = dict(torch=torch.get_rng_state(), data=generator.get_state())
+    if device.startswith('cuda'):
+        state['cuda'] = torch.cuda.get_rng_state(torch.device(device))
+    return state
+
+
+def set_rng_state(state, generator):
+    torch.set_rng_state(state['torch'])
+    generator.set_state(state['data'])
+    if 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], torch.device(device))
+
+
+class EventLog:
+    """events.jsonl: one JSON object per line, flushed at once; rank 0 only; mirrored to wandb."""
+
+    def __init__(self, path, keep_through_iter, wandb_run):
+        self.path, self.wandb_run = path, wandb_run
+        if keep_through_iter is not None and os.path.isfile(path):
+            self.truncate_after(keep_through_iter)
+        elif keep_through_iter is None and os.path.isfile(path):
+            os.remove(path)
+        self.file = open(path, 'a')
+
+    def truncate_after(self, keep_through_iter):
+        """A resumed run redoes what came after its checkpoint: drop those old events."""
+        with open(self.path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)['iter'] <= keep_through_iter]
+        tmp = self.path + '.tmp'
+        with open(tmp, 'w') as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
+    def __call__(self, event):
+        self.file.write(json.dumps(event) + '\n')
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({f"{event['event']}/{k}": v for k, v in event.items()
+                                if is_number(v)}, step=event['iter'])
+
+
+def carry_optimizer_state(old_states, new_optimizer, lineage):
+    """Copy AdamW's exp_avg / exp_avg_sq / step from the old parameters into the new optimizer,
+    following the lineage (see model.py). Fresh slices get exp_avg 0 and the source tensor's mean
+    exp_avg_sq (so their first steps are not oversized); fresh tensors start with no state.
+    Returns how many tensors carried state over."""
+    carried = 0
+    names = {p: name for name, p in model.named_parameters()}
+    for group in new_optimizer.param_groups:
+        for p in group['params']:
+            old_name, dim, index = lineage[names[p]]
+            old = old_states.get(old_name)
+            if not old:
+                continue
+            state = {'step': old['step'].clone()}
+            for key in ('exp_avg', 'exp_avg_sq'):
+                moment = old[key]
+                if index is not None:
+                    fresh = (index < 0).to(moment.device)
+                    moment = moment.index_select(dim, index.clamp(min=0).to(moment.device))
+                    shape = [1] * moment.dim()
+                    shape[dim] = -1
+                    fill = 0.0 if key == 'exp_avg' else old[key].mean()
+                    moment = torch.where(fresh.view(shape), fill, moment)
+                state[key] = moment.clone()
+            new_optimizer.state[p] = state
+            carried += 1
+    return carried
+
+
+# -----------------------------------------------------------------------------
+# the run: module globals (nanoGPT style) so that a growth op can rebuild what wraps the model
+
+optimizer = None
+optimizer_names = {}  # parameter -> name when the optimizer was built, to find state of replaced ones
+scaler = None
+eval_model = train_model = None  # compiled and DDP wrappers around model
+ddp, ddp_rank, ddp_local_rank, device_type = False, 0, 0, 'cpu'
+ctx = nullcontext()
+data_generator = None
+progress = {}  # iter_num, tokens, flops, eval_flops, best_val_loss, next_eval_iter; all checkpointed
+PROGRESS_KEYS = ('iter_num', 'tokens', 'flops', 'eval_flops', 'best_val_loss', 'next_eval_iter')
+stop_signals = []  # SIGTERM / SIGINT received: checkpoint and exit at the next iteration
+
+
+def setup_runtime():
+    global ddp, ddp_rank, ddp_local_rank, device_type, ctx, data_generator
+    ddp, ddp_rank, ddp_local_rank, _ = setup_distributed()
+    torch.manual_seed(seed + ddp_rank)
+    data_generator = torch.Generator().manual_seed(seed + ddp_rank)
+    device_type = 'cuda' if 'cuda' in device else 'cpu'
+    torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
+    torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+
+def check_inputs():
+    """Everything the user gave us, checked before anything is built or written.
+    Returns (model config, checkpoint or None, plan); sets the orchestrator state."""
+    for key, allowed in (('init_from', ('scratch', 'resume')), ('growth_optimizer_state', ('carry', 'reset')),
+                         ('dtype', ('float32', 'bfloat16', 'float16'))):
+        if globals()[key] not in allowed:
+            raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
+    meta = check_data()
+    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt')) if init_from == 'resume' else None
+    if checkpoint is None:
+        try:
+            model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_hidden=n_hidden,
+                                     head_size=head_size, block_size=block_size, bias=bias,
+                                     vocab_size=meta['vocab_size'], dropout=dropout, attn_lora_rank=attn_lora_rank,
+                                     embedding_lora_rank=embedding_lora_rank, lora_alpha=lora_alpha)
+        except ValueError as e:
+            raise UserError(f"config: {e}") from None
+        reset_orchestrator(load_schedule_file(scaling_schedule_file) if scaling_schedule_file else [])
+    else:
+        model_config = GPTConfig(**checkpoint['model_args'])
+        load_orchestrator_state(checkpoint['orchestrator'])
+        if scaling_schedule_file:
+            check_schedule_matches(load_schedule_file(scaling_schedule_file))
+    plan = validate_schedule(scaling_schedule_file or f"{out_dir}/ckpt.pt (stored schedule)", schedule,
+                             schedule_position, model_config)
+    return model_config, checkpoint, plan
+
+
+def build_optimizer():
+    global optimizer, optimizer_names
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    optimizer_names = {p: name for name, p in model.named_parameters()}
+
+
+def wrap_model():
+    """torch.compile and DDP around the model; redone after every change of its structure."""
+    global eval_model, train_model
+    if compile:
+        torch._dynamo.reset()  # a grown model is a new graph; do not pile up recompilations
+        eval_model = torch.compile(model)
+    else:
+        eval_model = model
+    train_model = DDP(eval_model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None) if ddp else eval_model
+
+
+def build_run(model_config, checkpoint):
+    global model, scaler, progress
+    model = GPT(model_config).to(device)
+    build_optimizer()
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16' and device_type == 'cuda'))
+    progress = dict(iter_num=0, tokens=0, flops=0, eval_flops=0, best_val_loss=1e9, next_eval_iter=0)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint['model'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        scaler.load_state_dict(checkpoint['scaler'])
+        progress = {k: checkpoint[k] for k in PROGRESS_KEYS}
+        set_rng_state(checkpoint['rng'][ddp_rank], data_generator)
+        model.set_growth_mask(ramp_mask(progress['iter_num']))
+    wrap_model()
+
+
+def rebuild_after_growth(lineage):
+    """After a growth op: a new optimizer, its state carried through the lineage (or reset, by
+    growth_optimizer_state), ranks checked to agree, new wrappers."""
+    old_states = {optimizer_names[p]: state for p, state in optimizer.state.items()}
+    build_optimizer()
+    carried = carry_optimizer_state(old_states, optimizer, lineage) if growth_optimizer_state == 'carry' else 0
+    if ddp and check_rank_consistency:
+        assert_ranks_agree()
+    wrap_model()
+    if master_process:
+        n_tensors = sum(len(g['params']) for g in optimizer.param_groups)
+        print(f"optimizer rebuilt: {carried} of {n_tensors} tensors carried their state over")
+
+
+def assert_ranks_agree():
+    """One float64 checksum of all parameters per rank, compared across ranks."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().view(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(ddp_world_size)]
+    dist.all_gather(gathered, checksum)
+    if any(g.item() != checksum.item() for g in gathered):
+        raise RuntimeError(f"DDP ranks disagree after a growth op: parameter checksums {[g.item() for g in gathered]}")
+
+
+def write_checkpoint(config, wandb_run):
+    """All ranks call this (the rng states are gathered); rank 0 writes."""
+    rng = [rng_state(data_generator)]
+    if ddp:
+        rng = [None] * ddp_world_size
+        dist.all_gather_object(rng, rng_state(data_generator))
+    if master_process:
+        checkpoint = dict(model=model.state_dict(), model_args=asdict(model.config),
+                          optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), config=config,
+                          orchestrator=orchestrator_state(), rng=rng,
+                          wandb_run_id=wandb_run.id if wandb_run is not None else '', **progress)
+        print(f"saving checkpoint to {out_dir}")
+        save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
+
+
+def evaluate():
+    """The val loss of the model as it is now (fixed batches), its flops counted."""
+    progress['eval_flops'] += eval_flops()
+    return estimate_loss(eval_model, ctx, ddp_rank, ddp)
+
+
+def eval_event(losses, elapsed_s):
+    c = model.config
+    it = progress['iter_num']
+    return dict(event='eval', iter=it, tokens=progress['tokens'], train_loss=losses['train'],
+                val_loss=losses['val'], lr=get_lr(it), batch_size=effective_batch_size(),
+                grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
+                eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
+                lr_decay_iters=effective_lr_decay_iters(), n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+                n_hidden=c.n_hidden, params=model.get_num_params(), flops=progress['flops'],
+                eval_flops=progress['eval_flops'], mask=ramp_mask(it), elapsed_s=elapsed_s)
+
+
+def train_step(iter_num):
+    """Forward/backward over the accumulation steps, clip, step. Returns (last micro-step loss,
+    number of micro steps, tokens, whether the step was applied)."""
+    lr = get_lr(iter_num)
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+    micro_steps = effective_grad_accum() // ddp_world_size
+    step_batch_size = effective_batch_size()
+    for micro_step in range(micro_steps):
+        if ddp:
+            # sync gradients at the last micro step only
+            train_model.require_backward_grad_sync = (micro_step == micro_steps - 1)
+        X, Y = get_batch('train', data_generator, step_batch_size)
+        with ctx:
+            _, loss = train_model(X, Y)
+            loss = loss / micro_steps
+        scaler.scale(loss).backward()
+    grad_norm = None
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    applied = step_is_finite(iter_num, loss, grad_norm)
+    if applied:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, micro_steps, micro_steps * ddp_world_size * step_batch_size * block_size, applied
+
+
+nonfinite_in_a_row = 0
+
+
+def step_is_finite(iter_num, loss, grad_norm):
+    """Stop at a non-finite loss or gradient norm, or skip up to skip_nonfinite_steps in a row.
+    The check is a host-device sync: on cuda it is taken at log intervals only, unless steps are to
+    be skipped (a non-finite step in between is then caught there, and by the eval before any checkpoint)."""
+    global nonfinite_in_a_row
+    if device_type == 'cuda' and not skip_nonfinite_steps and iter_num % log_interval:
+        return True
+    # with fp16 the grad scaler handles inf gradients itself
+    norm_ok = grad_norm is None or scaler.is_enabled() or bool(torch.isfinite(grad_norm))
+    if bool(torch.isfinite(loss.detach())) and norm_ok:
+        nonfinite_in_a_row = 0
+        return True
+    nonfinite_in_a_row += 1
+    if nonfinite_in_a_row > skip_nonfinite_steps:
+        raise UserError(f"non-finite loss or gradient norm at iteration {iter_num}; stopping "
+                        f"(the last good checkpoint in {out_dir} is kept)")
+    if master_process:
+        print(f"iter {iter_num}: non-finite loss or gradient norm, step skipped ({nonfinite_in_a_row} in a row)")
+    return False
+
+
+def stop_requested():
+    """A SIGTERM/SIGINT arrived (under DDP: on any rank, agreed at log intervals)."""
+    if not ddp:
+        return bool(stop_signals)
+    if progress['iter_num'] % log_interval:
+        return False
+    flag = torch.tensor([len(stop_signals)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def open_logging(config, checkpoint):
+    """wandb (continuing the checkpoint's run) and the event log; rank 0 only."""
+    if not master_process:
+        return None, None
+    os.makedirs(out_dir, exist_ok=True)
+    wandb_run = None
+    if wandb_log:
+        import wandb
+        run_id = checkpoint['wandb_run_id'] if checkpoint else ''
+        wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config,
+                               id=run_id or None, resume='allow' if run_id else None)
+    keep_through_iter = checkpoint['iter_num'] if checkpoint else None
+    return wandb_run, EventLog(os.path.join(out_dir, 'events.jsonl'), keep_through_iter, wandb_run)
+
+
+def main():
+    setup_runtime()
+    config = {k: globals()[k] for k in config_keys}
+    model_config, checkpoint, plan = check_inputs()
+    if dry_run:
+        if master_process:
+            print_plan(plan)
+        return
+    build_run(model_config, checkpoint)
+    wandb_run, log_event = open_logging(config, checkpoint)
+    del checkpoint  # free its memory
+    if master_process:
+        print(f"tokens per iteration will be: {effective_grad_accum() * effective_batch_size() * block_size:,}")
+        print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+    signal.signal(signal.SIGTERM, lambda *_: stop_signals.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stop_signals.append(True))
+
+    t0 = run_start = time.time()
+    local_iter_num = 0
+    running_mfu = -1.0
+    while True:
+        iter_num = progress['iter_num']
+        if advance_ramp(iter_num):
+            wrap_model()
+
+        on_eval_grid = iter_num == progress['next_eval_iter']
+        if on_eval_grid or iter_num == max_iters:
+            losses = evaluate()
+            val_loss = losses['val']
+            if not math.isfinite(val_loss):
+                raise UserError(f"non-finite val loss at iteration {iter_num}; stopping "
+                                f"(the last good checkpoint in {out_dir} is kept)")
+            if master_process:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {val_loss:.4f}, "
+                      f"flops {progress['flops']:.3e}, tokens {progress['tokens']:,}")
+                log_event(eval_event(losses, time.time() - run_start))
+            # the schedule runs at every eval on the grid, the last one too, so that a run resumed from
+            # here with a larger max_iters continues exactly; an extra final eval off the grid only reports
+            if on_eval_grid:
+                val_loss = run_orchestrator(iter_num, val_loss, lambda: evaluate()['val'], rebuild_after_growth,
+                                            log_event)
+                progress['next_eval_iter'] = iter_num + effective_eval_interval()
+            if val_loss < progress['best_val_loss'] or always_save_checkpoint:
+                progress['best_val_loss'] = min(progress['best_val_loss'], val_loss)
+                if iter_num > 0:
+                    write_checkpoint(config, wandb_run)
+        if iter_num >= max_iters or (iter_num == 0 and eval_only):
+            break
+        if stop_requested():
+            if master_process:
+                print(f"stop requested: checkpoint at iter {iter_num}, then exit")
+            write_checkpoint(config, wandb_run)
+            break
+
+        loss, micro_steps, tokens, _ = train_step(iter_num)
+        progress['tokens'] += tokens
+        progress['flops'] += model.flops_per_token() * tokens
+
+        # timing and logging
+        t1 = time.time()
+        dt, t0 = t1 - t0, t1
+        if iter_num % log_interval == 0 and master_process:
+            # get loss as float. note: this is a CPU-GPU sync point
+            lossf = loss.item() * micro_steps
+            if local_iter_num >= 5:  # let the training loop settle a bit
+                mfu = model.estimate_mfu(tokens, dt)
+                running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
+                  f"tok/s {tokens / dt:,.0f}, mfu {running_mfu * 100:.2f}%")
+        progress['iter_num'] += 1
+        local_iter_num += 1
+
+    if ddp:
+        dist.destroy_process_group()
+
+
+def check_schedule_matches(entries):
+    """On resume with a schedule file: the entries already run must be the file's first entries."""
+    for done in executed_ops:
+        index = done['index']
+        if index >= len(entries) or any(entries[index][k] != done[k] for k in ENTRY_KEYS):
+            found = entries[index] if index < len(entries) else 'nothing'
+            raise ScheduleError(scaling_schedule_file, index, None,
+                                f"the checkpoint already ran {json.dumps({k: done[k] for k in ENTRY_KEYS})} "
+                                f"at iter {done['iter']}, but the file now has {json.dumps(found)} here; "
+                                "resume with the original schedule, or with no scaling_schedule_file")
+    schedule[:] = entries[len(executed_ops):]
+
+
+def run_from_command_line(argv):
+    """Apply the config file and overrides, run, and turn user errors into one message."""
+    try:
+        globals().update(configure(argv, {k: globals()[k] for k in config_keys}))
+        main()
+    except (UserError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+    run_from_command_line(sys.argv[1:])
