@@ -173,9 +173,9 @@ def effective_settings():
     settings = dict(lr=learning_rate * lr_multiplier, batch_size=effective_batch_size(),
                     grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
                     eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
-                    lr_decay_iters=effective_lr_decay_iters())
+                    lr_decay_iters=effective_lr_decay_iters(), lr_schedule_offset=lr_schedule_offset)
     c = model.config
-    settings.update(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_hidden=c.n_hidden,
+    settings.update(n_layer=c.n_layer, n_head=c.n_head, head_size=c.head_size, n_embd=c.n_embd, n_hidden=c.n_hidden,
                     attn_lora_rank=c.attn_lora_rank, embedding_lora_rank=c.embedding_lora_rank,
                     lora_alpha=c.lora_alpha, params=model.get_num_params(),
                     flops_per_token=model.flops_per_token())
@@ -229,10 +229,12 @@ def check_null(value):
         raise BadValue(f"expected null, got {describe(value)}")
 
 
-def check_layer_map(value, n_layers_now):
-    """An int k >= 2 (repeat the stack k times) or a list of layer indices; returns the map."""
+def check_layer_map(value, n_layers_now, layer_params=0):
+    """An int k >= 2 (repeat the stack k times) or a list of layer indices; returns the map.
+    layer_params > 0: first check that the grown stack would fit (see check_new_params)."""
     if isinstance(value, int) and not isinstance(value, bool):
         check_int(value, 2)
+        check_new_params(n_layers_now * value * layer_params)
         return list(range(n_layers_now)) * value
     if not isinstance(value, list) or not value:
         raise BadValue(f"expected an integer >= 2 or a non-empty list of layer indices, got {describe(value)}")
@@ -240,7 +242,16 @@ def check_layer_map(value, n_layers_now):
         if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n_layers_now:
             raise BadValue(f"layer index {i!r} is out of range: the model has {n_layers_now} layers "
                            f"at this point (indices 0..{n_layers_now - 1})")
+    check_new_params(len(value) * layer_params)
     return value
+
+
+def check_key(mapping, key, check, *args):
+    """check(mapping[key], *args), its message prefixed with the key."""
+    try:
+        return check(mapping[key], *args)
+    except BadValue as e:
+        raise BadValue(f"{key}: {e}") from None
 
 
 def check_mapping(value, required, optional=()):
@@ -252,7 +263,7 @@ def check_mapping(value, required, optional=()):
         raise BadValue(f"missing key '{missing[0]}' (expected keys: {', '.join(required + tuple(optional))})")
     if unknown:
         raise BadValue(f"unknown key '{unknown[0]}' (expected keys: {', '.join(required + tuple(optional))})")
-    check_int(value['anneal_iters'], 1)
+    check_key(value, 'anneal_iters', check_int, 1)
     return value
 
 
@@ -284,6 +295,20 @@ def growth_generator():
 def check_rounds_positive(label, value):
     if value < 1:
         raise BadValue(f"this makes {label} round to {value}; it must stay >= 1")
+
+
+def check_new_params(n_params):
+    """Before a growth op is simulated: the tensors it creates alone (16 bytes a parameter: weights,
+    grads, AdamW moments) must fit, so that an absurd size is refused without being built."""
+    need, have = 16 * n_params, available_memory_bytes()
+    if need > have:
+        raise BadValue(f"this would create {n_params / 1e6:.1f}M parameters, about {need / 2**30:.1f} GiB "
+                       f"to train, more than the {have / 2**30:.1f} GiB of {device}")
+
+
+def block_params(config):
+    """The matmul weights of one block."""
+    return 4 * config.n_embd * config.n_head * config.head_size + 2 * config.n_embd * config.n_hidden
 
 
 @dataclass
@@ -338,6 +363,9 @@ def check_lora_rank(target):
     def check(value, config):
         check_factor(value, 0.0, allow_minimum=True)
         require_lora(config, target)
+        per_rank = config.vocab_size + config.n_embd if target == 'embedding' else \
+            config.n_layer * (2 * config.n_embd + 4 * config.n_head * config.head_size)
+        check_new_params(round(getattr(config, f'{target}_lora_rank') * value) * per_rank)
     return check
 
 
@@ -348,7 +376,7 @@ def check_lora_op(value, config, null=False):
 
 def check_msg_stack(value, config):
     check_mapping(value, ('layers', 'anneal_iters'), ('init',))
-    layer_map = check_layer_map(value['layers'], config.n_layer)
+    layer_map = check_key(value, 'layers', check_layer_map, config.n_layer, block_params(config))
     if value.get('init', 'copy') not in ('copy', 'random'):
         raise BadValue(f"init must be 'copy' or 'random', got {describe(value['init'])}")
     first_seen = [i for n, i in enumerate(layer_map) if i not in layer_map[:n]]
@@ -359,26 +387,29 @@ def check_msg_stack(value, config):
 
 def check_msg_widen(value, config, size_key):
     check_mapping(value, ('factor', 'anneal_iters'))
-    check_factor(value['factor'], 1.0)
-    grown_size(getattr(config, size_key), value['factor'])
+    check_key(value, 'factor', check_factor, 1.0)
+    per_unit = 2 * config.n_layer * config.n_embd if size_key == 'n_hidden' else \
+        config.vocab_size + config.n_layer * block_params(config) // config.n_embd
+    check_new_params(grown_size(getattr(config, size_key), value['factor']) * per_unit)
     require_no_lora(config) if size_key == 'n_embd' else None
 
 
 def check_msg_heads(value, config):
     check_mapping(value, ('n_new_heads', 'anneal_iters'))
-    check_int(value['n_new_heads'], 1)
+    check_key(value, 'n_new_heads', check_int, 1)
+    check_new_params(4 * config.n_layer * config.n_embd * (config.n_head + value['n_new_heads']) * config.head_size)
     if config.attn_lora_rank:
         raise BadValue("needs attention LoRA off at this point (attn_lora_rank 0)")
 
 
 def check_widen(value, config):
     check_factor(value, 1.0)
-    grown_size(config.n_hidden, value)
+    check_new_params(2 * config.n_layer * config.n_embd * grown_size(config.n_hidden, value))
 
 
 OPERATIONS.update({
     'reset_lr_schedule': Operation(lambda value, _config: check_null(value), reset_lr_schedule),
-    'stack_layers': Operation(lambda value, config: check_layer_map(value, config.n_layer),
+    'stack_layers': Operation(lambda value, config: check_layer_map(value, config.n_layer, block_params(config)),
                               lambda value: model.stack_layers(check_layer_map(value, model.config.n_layer)),
                               grows=True),
     'widen_mlp': Operation(check_widen,
@@ -420,6 +451,8 @@ def load_schedule_file(path):
         raise ScheduleError(path, None, None, "schedule file not found")
     with open(path, encoding='utf-8') as f:
         text = f.read()
+    if not text.strip():
+        raise ScheduleError(path, None, None, "the file is empty; expected a list of entries")
     if path.endswith(('.yaml', '.yml')):
         import yaml
         try:
@@ -448,14 +481,14 @@ def check_entry_shape(path, index, entry):
     """The fields every entry has, whatever its operation."""
     if not isinstance(entry, dict):
         raise ScheduleError(path, index, None, f"expected a mapping with keys {', '.join(ENTRY_KEYS)}, got {describe(entry)}")
-    for key in ENTRY_KEYS:
-        if key not in entry:
-            raise ScheduleError(path, index, key, f"missing (every entry has {', '.join(ENTRY_KEYS)})")
-    for key in entry:
+    for key in entry:  # unknown keys first: a misspelt key is reported as itself, with the right spelling
         if key not in ENTRY_KEYS:
             close = difflib.get_close_matches(str(key), ENTRY_KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ''
             raise ScheduleError(path, index, key, f"unknown key{hint}; expected exactly {', '.join(ENTRY_KEYS)}")
+    for key in ENTRY_KEYS:
+        if key not in entry:
+            raise ScheduleError(path, index, key, f"missing (every entry has {', '.join(ENTRY_KEYS)})")
     name = entry['name']
     if name not in OPERATIONS:
         close = difflib.get_close_matches(str(name), list(OPERATIONS), n=1)
@@ -526,6 +559,8 @@ def validate_schedule(path, entries, first_index, model_config):
                     model.fold_ramp()
                 settings = effective_settings()
                 check_rounds_positive('the batch size', settings['batch_size'])
+                check_rounds_positive('the gradient accumulation steps',
+                                      round(gradient_accumulation_steps * grad_accum_multiplier))
                 check_rounds_positive('eval_iters', settings['eval_iters'])
                 check_rounds_positive('eval_interval', settings['eval_interval'])
             except BadValue as e:
@@ -694,7 +729,8 @@ def data_path():
 def check_data():
     """train.bin, val.bin and meta.pkl exist and the tokens fit the vocabulary. Returns meta."""
     folder = data_path()
-    prepare = f"python data/{dataset}/prepare.py" if os.path.isfile(f"data/{dataset}/prepare.py") \
+    prepare = f"python data/{dataset}/prepare.py" + (f" --out_dir {folder}" if data_dir else '') \
+        if os.path.isfile(f"data/{dataset}/prepare.py") \
         else "python data/text/prepare.py --input YOUR_TEXT --out_dir " + folder
     for name in ('train.bin', 'val.bin', 'meta.pkl'):
         if not os.path.isfile(os.path.join(folder, name)):
@@ -707,10 +743,15 @@ def check_data():
         raise UserError(f"data: {os.path.join(folder, 'meta.pkl')} is unreadable or has no vocab_size ({e}); "
                         f"remake it with: {prepare}") from None
     for split in ('train', 'val'):
-        tokens = np.memmap(os.path.join(folder, f'{split}.bin'), dtype=np.uint16, mode='r')
-        if len(tokens) <= block_size:
-            raise UserError(f"data: {split}.bin in {folder} has {len(tokens)} tokens, fewer than block_size+1 "
+        n_bytes = os.path.getsize(os.path.join(folder, f'{split}.bin'))  # np.memmap refuses an empty file
+        if n_bytes % 2:
+            raise UserError(f"data: {split}.bin in {folder} has an odd number of bytes ({n_bytes}), so it is not "
+                            f"uint16 tokens; remake it with: {prepare}")
+        n_tokens = n_bytes // 2
+        if n_tokens <= block_size:
+            raise UserError(f"data: {split}.bin in {folder} has {n_tokens} tokens, fewer than block_size+1 "
                             f"({block_size + 1})")
+        tokens = np.memmap(os.path.join(folder, f'{split}.bin'), dtype=np.uint16, mode='r')
         largest = max(int(tokens[i:i + 2**26].max()) for i in range(0, len(tokens), 2**26))
         if largest >= vocab_size:
             raise UserError(f"data: {split}.bin in {folder} holds token {largest}, but meta.pkl's vocab_size is "
@@ -887,16 +928,14 @@ def check_inputs():
                          ('dtype', ('float32', 'bfloat16', 'float16'))):
         if globals()[key] not in allowed:
             raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
+    for key in ('batch_size', 'gradient_accumulation_steps', 'block_size', 'n_layer', 'n_head', 'n_embd',
+                'eval_interval', 'eval_iters', 'log_interval'):
+        if globals()[key] < 1:
+            raise UserError(f"{key}: expected an integer >= 1, got {globals()[key]}")
     meta = check_data()
     checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt')) if init_from == 'resume' else None
     if checkpoint is None:
-        try:
-            model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_hidden=n_hidden,
-                                     head_size=head_size, block_size=block_size, bias=bias,
-                                     vocab_size=meta['vocab_size'], dropout=dropout, attn_lora_rank=attn_lora_rank,
-                                     embedding_lora_rank=embedding_lora_rank, lora_alpha=lora_alpha)
-        except ValueError as e:
-            raise UserError(f"config: {e}") from None
+        model_config = model_config_from_globals(meta['vocab_size'])
         reset_orchestrator(load_schedule_file(scaling_schedule_file) if scaling_schedule_file else [])
     else:
         model_config = GPTConfig(**checkpoint['model_args'])
@@ -906,6 +945,16 @@ def check_inputs():
     plan = validate_schedule(scaling_schedule_file or f"{out_dir}/ckpt.pt (stored schedule)", schedule,
                              schedule_position, model_config)
     return model_config, checkpoint, plan
+
+
+def model_config_from_globals(vocab_size):
+    try:
+        return GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_hidden=n_hidden, head_size=head_size,
+                         block_size=block_size, bias=bias, vocab_size=vocab_size, dropout=dropout,
+                         attn_lora_rank=attn_lora_rank, embedding_lora_rank=embedding_lora_rank,
+                         lora_alpha=lora_alpha)
+    except ValueError as e:
+        raise UserError(f"config: {e}") from None
 
 
 def build_optimizer():
@@ -956,8 +1005,12 @@ def rebuild_after_growth(lineage):
 
 
 def assert_ranks_agree():
-    """One float64 checksum of all parameters per rank, compared across ranks."""
-    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().view(1)
+    """One float64 checksum of all parameters and AdamW moments per rank, compared across ranks. Each
+    value is weighted by its position, so that rows in another order (e.g. other widen_mlp replicas) count."""
+    tensors = [p.detach() for p in model.parameters()]
+    tensors += [state[k] for state in optimizer.state.values() for k in ('exp_avg', 'exp_avg_sq') if k in state]
+    checksum = torch.stack([(t.double().flatten() * torch.arange(1, t.numel() + 1, device=t.device)).sum()
+                            for t in tensors]).sum().view(1)
     gathered = [torch.zeros_like(checksum) for _ in range(ddp_world_size)]
     dist.all_gather(gathered, checksum)
     if any(g.item() != checksum.item() for g in gathered):
@@ -1157,10 +1210,10 @@ def check_schedule_matches(entries):
     for done in executed_ops:
         index = done['index']
         if index >= len(entries) or any(entries[index][k] != done[k] for k in ENTRY_KEYS):
-            found = entries[index] if index < len(entries) else 'nothing'
+            found = json.dumps(entries[index]) if index < len(entries) else 'nothing'
             raise ScheduleError(scaling_schedule_file, index, None,
                                 f"the checkpoint already ran {json.dumps({k: done[k] for k in ENTRY_KEYS})} "
-                                f"at iter {done['iter']}, but the file now has {json.dumps(found)} here; "
+                                f"at iter {done['iter']}, but the file now has {found} here; "
                                 "resume with the original schedule, or with no scaling_schedule_file")
     schedule[:] = entries[len(executed_ops):]
 

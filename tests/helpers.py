@@ -1,0 +1,130 @@
+"""
+Shared helpers for tests that run train.py: tiny char-level data made in the test's tmp_path,
+a tiny CPU fp32 command line, a subprocess runner, and the event log reader.
+Add functions here; never rename or remove one (other test files use them).
+"""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
+
+# a 1-layer, 2-head, 32-wide model on 32-token blocks: a training step takes milliseconds on CPU
+TINY = dict(device='cpu', compile=False, dtype='float32', n_layer=1, n_head=2, n_embd=32, block_size=32,
+            batch_size=4, gradient_accumulation_steps=1, eval_interval=10, eval_iters=2, log_interval=1,
+            max_iters=40, learning_rate=1e-3, warmup_iters=5, lr_decay_iters=200, min_lr=1e-4, bias=False,
+            dropout=0.0)
+
+
+def write_char_data(folder, n_chars=100_000):
+    """train.bin / val.bin / meta.pkl (char-level, 90/10 split) from the first n_chars of
+    tiny-shakespeare. Returns the vocabulary size."""
+    with open(SHAKESPEARE, encoding='utf-8') as f:
+        text = f.read(n_chars)
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = np.array([stoi[c] for c in text], dtype=np.uint16)
+    os.makedirs(folder, exist_ok=True)
+    split = int(len(data) * 0.9)
+    data[:split].tofile(os.path.join(folder, 'train.bin'))
+    data[split:].tofile(os.path.join(folder, 'val.bin'))
+    with open(os.path.join(folder, 'meta.pkl'), 'wb') as f:
+        pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': stoi, 'tokenizer': 'char'}, f)
+    return len(chars)
+
+
+def write_schedule(path, entries):
+    """A JSON schedule file; entries are (name, value, trigger_loss, max_wait_iters, reevaluate) tuples or dicts."""
+    rows = [e if isinstance(e, dict) else dict(zip(('name', 'value', 'trigger_loss', 'max_wait_iters', 'reevaluate'), e))
+            for e in entries]
+    with open(path, 'w') as f:
+        json.dump(rows, f)
+    return str(path)
+
+
+def train_args(data_dir, out_dir, **overrides):
+    """'--key=value' arguments for train.py: TINY, then overrides (None drops a key)."""
+    config = dict(TINY, data_dir=str(data_dir), out_dir=str(out_dir))
+    config.update(overrides)
+    return [f'--{k}={v}' for k, v in config.items() if v is not None]
+
+
+def train_env(**extra):
+    """One intra-op thread (faster on a small, shared CI machine; the same sums in every run),
+    unbuffered output (a test can follow the run line by line), plus extra variables."""
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **extra)
+
+
+TRAIN = [sys.executable, 'train.py']
+TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']  # + a script
+
+
+def run_train(args, timeout=300, command=TRAIN, env=None):
+    """command + args in the repo (default: python train.py); returns the CompletedProcess."""
+    return subprocess.run(list(command) + list(args), cwd=REPO, env=env or train_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_train(args, command=TRAIN, env=None):
+    """command + args in the background, in a session of its own, stdout and stderr merged into a
+    line-buffered text pipe."""
+    return subprocess.Popen(list(command) + list(args), cwd=REPO, env=env or train_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+
+
+def wait_for_line(process, prefix, timeout=120):
+    """Read the process's output until a line starts with prefix; returns everything read so far."""
+    seen, deadline = [], time.time() + timeout
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return ''.join(seen)
+        if time.time() > deadline:
+            break
+    raise AssertionError(f"no line starting with {prefix!r}:\n" + ''.join(seen)[-3000:])
+
+
+def read_events(out_dir):
+    with open(os.path.join(out_dir, 'events.jsonl')) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def describe_run(result):
+    """stdout and stderr tails, for assertion messages."""
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+
+
+def without_elapsed(events):
+    """Events as two runs of the same training must log them: everything but the wall time."""
+    return [{k: v for k, v in e.items() if k != 'elapsed_s'} for e in events]
+
+
+def file_state(path):
+    """Bytes and modification time: equal before and after means the file was not touched."""
+    with open(path, 'rb') as f:
+        return f.read(), os.stat(path).st_mtime_ns
+
+
+def assert_same_state(a, b, where='checkpoint'):
+    """Nested dicts / lists / tensors / plain values exactly equal (tensors: same dtype, shape and values)."""
+    import torch
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where}: tensors differ (max |diff| {(a.double() - b.double()).abs().max()})"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), f"{where}: keys differ"
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
