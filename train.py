@@ -336,13 +336,6 @@ def multiplier_ops(multiplier, base_key, label, absolute_check):
             Operation(check_set, assign))
 
 
-def msg_op(grow, check_value):
-    def check(value, config):
-        check_value(value, config)
-
-    return Operation(check, grow, grows=True, ramp=True)
-
-
 OPERATIONS = {}
 for _name, _multiplier, _base, _absolute in [
         ('lr', 'lr_multiplier', 'learning_rate', check_factor),
@@ -407,41 +400,76 @@ def check_widen(value, config):
     check_new_params(2 * config.n_layer * config.n_embd * grown_size(config.n_hidden, value))
 
 
+def check_stack_layers(value, config):
+    check_layer_map(value, config.n_layer, block_params(config))
+
+
+def check_merge_lora(value, config):
+    check_lora_op(value, config, null=True)
+
+
+def check_msg_widen_mlp(value, config):
+    check_msg_widen(value, config, 'n_hidden')
+
+
+def check_msg_widen_embd(value, config):
+    check_msg_widen(value, config, 'n_embd')
+
+
+# growth operations: the model changes itself (model.py) and returns the lineage of its parameters
+
+def stack_layers(value):
+    return model.stack_layers(check_layer_map(value, model.config.n_layer))
+
+
+def widen_mlp(value):
+    return model.widen_mlp(round(model.config.n_hidden * value), growth_generator())
+
+
+def change_lora_rank(target):
+    def apply(value):
+        rank = round(getattr(model.config, f'{target}_lora_rank') * value)
+        return model.set_lora_rank(target, rank, growth_generator())
+    return apply
+
+
+def change_lora_alpha(value):
+    return model.set_lora_alpha(model.config.lora_alpha * value, growth_generator())
+
+
+def merge_lora_weights(_value):
+    return model.merge_lora(growth_generator())
+
+
+def msg_widen_mlp(value):
+    return model.msg_widen_mlp(round(model.config.n_hidden * value['factor']), growth_generator())
+
+
+def msg_add_heads(value):
+    return model.msg_add_heads(value['n_new_heads'], growth_generator())
+
+
+def msg_stack_layers(value):
+    layer_map = check_layer_map(value['layers'], model.config.n_layer)
+    return model.stack_layers(layer_map, growth_generator(), blend=True, init=value.get('init', 'copy'))
+
+
+def msg_widen_embd(value):
+    return model.msg_widen_embd(round(model.config.n_embd * value['factor']), growth_generator())
+
+
 OPERATIONS.update({
     'reset_lr_schedule': Operation(lambda value, _config: check_null(value), reset_lr_schedule),
-    'stack_layers': Operation(lambda value, config: check_layer_map(value, config.n_layer, block_params(config)),
-                              lambda value: model.stack_layers(check_layer_map(value, model.config.n_layer)),
-                              grows=True),
-    'widen_mlp': Operation(check_widen,
-                           lambda value: model.widen_mlp(round(model.config.n_hidden * value), growth_generator()),
-                           grows=True),
-    'change_attn_lora_rank': Operation(
-        check_lora_rank('attn'),
-        lambda value: model.set_lora_rank('attn', round(model.config.attn_lora_rank * value), growth_generator()),
-        grows=True),
-    'change_embedding_lora_rank': Operation(
-        check_lora_rank('embedding'),
-        lambda value: model.set_lora_rank('embedding', round(model.config.embedding_lora_rank * value),
-                                          growth_generator()),
-        grows=True),
-    'change_lora_alpha': Operation(check_lora_op,
-                                   lambda value: model.set_lora_alpha(model.config.lora_alpha * value,
-                                                                      growth_generator()),
-                                   grows=True),
-    'merge_lora_weights': Operation(lambda value, config: check_lora_op(value, config, null=True),
-                                    lambda value: model.merge_lora(growth_generator()), grows=True),
-    'msg_widen_mlp': msg_op(lambda value: model.msg_widen_mlp(round(model.config.n_hidden * value['factor']),
-                                                              growth_generator()),
-                            lambda value, config: check_msg_widen(value, config, 'n_hidden')),
-    'msg_add_heads': msg_op(lambda value: model.msg_add_heads(value['n_new_heads'], growth_generator()),
-                            check_msg_heads),
-    'msg_stack_layers': msg_op(
-        lambda value: model.stack_layers(check_layer_map(value['layers'], model.config.n_layer),
-                                         growth_generator(), blend=True, init=value.get('init', 'copy')),
-        check_msg_stack),
-    'msg_widen_embd': msg_op(lambda value: model.msg_widen_embd(round(model.config.n_embd * value['factor']),
-                                                                growth_generator()),
-                             lambda value, config: check_msg_widen(value, config, 'n_embd')),
+    'stack_layers': Operation(check_stack_layers, stack_layers, grows=True),
+    'widen_mlp': Operation(check_widen, widen_mlp, grows=True),
+    'change_attn_lora_rank': Operation(check_lora_rank('attn'), change_lora_rank('attn'), grows=True),
+    'change_embedding_lora_rank': Operation(check_lora_rank('embedding'), change_lora_rank('embedding'), grows=True),
+    'change_lora_alpha': Operation(check_lora_op, change_lora_alpha, grows=True),
+    'merge_lora_weights': Operation(check_merge_lora, merge_lora_weights, grows=True),
+    'msg_widen_mlp': Operation(check_msg_widen_mlp, msg_widen_mlp, grows=True, ramp=True),
+    'msg_add_heads': Operation(check_msg_heads, msg_add_heads, grows=True, ramp=True),
+    'msg_stack_layers': Operation(check_msg_stack, msg_stack_layers, grows=True, ramp=True),
+    'msg_widen_embd': Operation(check_msg_widen_embd, msg_widen_embd, grows=True, ramp=True),
 })
 
 
@@ -837,6 +865,14 @@ def set_rng_state(state, generator):
         torch.cuda.set_rng_state(state['cuda'], torch.device(device))
 
 
+def event_iter(line):
+    """The iter of one events.jsonl line; None for a line torn by a crash mid-write."""
+    try:
+        return json.loads(line)['iter']
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
 class EventLog:
     """events.jsonl: one JSON object per line, flushed at once; rank 0 only; mirrored to wandb."""
 
@@ -851,7 +887,7 @@ class EventLog:
     def truncate_after(self, keep_through_iter):
         """A resumed run redoes what came after its checkpoint: drop those old events."""
         with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)['iter'] <= keep_through_iter]
+            kept = [line for line in f if event_iter(line) is not None and event_iter(line) <= keep_through_iter]
         tmp = self.path + '.tmp'
         with open(tmp, 'w') as f:
             f.writelines(kept)
@@ -932,6 +968,12 @@ def check_inputs():
                 'eval_interval', 'eval_iters', 'log_interval'):
         if globals()[key] < 1:
             raise UserError(f"{key}: expected an integer >= 1, got {globals()[key]}")
+    for key, upper in (('learning_rate', math.inf), ('min_lr', math.inf), ('weight_decay', math.inf),
+                       ('grad_clip', math.inf), ('lora_alpha', math.inf), ('beta1', 1.0), ('beta2', 1.0),
+                       ('dropout', 1.0)):
+        if not 0.0 <= globals()[key] < upper:
+            raise UserError(f"{key}: expected a number >= 0{f' and < {upper}' if upper < math.inf else ''}, "
+                            f"got {globals()[key]}")
     meta = check_data()
     checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt')) if init_from == 'resume' else None
     if checkpoint is None:
@@ -1097,7 +1139,7 @@ def step_is_finite(iter_num, loss, grad_norm):
     nonfinite_in_a_row += 1
     if nonfinite_in_a_row > skip_nonfinite_steps:
         raise UserError(f"non-finite loss or gradient norm at iteration {iter_num}; stopping "
-                        f"(the last good checkpoint in {out_dir} is kept)")
+                        f"(the checkpoint in {out_dir}, if any, is left as it was)")
     if master_process:
         print(f"iter {iter_num}: non-finite loss or gradient norm, step skipped ({nonfinite_in_a_row} in a row)")
     return False
@@ -1160,7 +1202,7 @@ def main():
             val_loss = losses['val']
             if not math.isfinite(val_loss):
                 raise UserError(f"non-finite val loss at iteration {iter_num}; stopping "
-                                f"(the last good checkpoint in {out_dir} is kept)")
+                                f"(the checkpoint in {out_dir}, if any, is left as it was)")
             if master_process:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {val_loss:.4f}, "
                       f"flops {progress['flops']:.3e}, tokens {progress['tokens']:,}")

@@ -1,0 +1,160 @@
+"""
+DDP on CPU (issues 2, 3, 5): 2 processes under torchrun (gloo, loopback only), a tiny fp32 model and
+a schedule with a hyperparameter op, stack_layers and widen_mlp.
+- the run exits 0; grad accumulation 1 with 2 ranks rounds up to 2 (one micro step per rank);
+  every rank ends with the same parameters and the same AdamW state (each rank dumps its own
+  state after train.py's main() returns, through a small wrapper script), and rank 0's
+  checkpoint holds them; widen_mlp keeps the val loss under DDP;
+- the rank-consistency check (check_rank_consistency, on by default) stops a run whose ranks grew
+  differently (here: widen_mlp given a rank-dependent generator, which only permutes replicas);
+- one rank killed with kill -9 mid-run: torchrun exits non-zero, ckpt.pt is a complete
+  checkpoint; resumed on 2 ranks, the run continues, every op logged exactly once, ranks identical.
+"""
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+import train
+from helpers import (TORCHRUN, assert_same_state, describe_run, read_events, run_train, start_train, train_args,
+                     wait_for_line, write_char_data, write_schedule)
+
+SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval every 10 iters
+    ('change_lr', 0.5, 0.0, 10, False),  # iter 10
+    ('stack_layers', 2, 0.0, 10, True),  # iter 20
+    ('widen_mlp', 2.0, 0.0, 10, True),  # iter 30
+]
+EXPECTED_OPS = [(10, 'change_lr'), (20, 'stack_layers'), (30, 'widen_mlp')]
+
+# train.py, then this rank's parameters and AdamW state to out_dir/rank{R}.pt
+DUMPING_TRAIN = r'''
+import os, sys
+sys.path.insert(0, os.getcwd())
+import torch
+import train
+
+train.run_from_command_line(sys.argv[1:])
+torch.save(dict(model=train.model.state_dict(), optimizer=train.optimizer.state_dict()),
+           os.path.join(train.out_dir, f'rank{train.ddp_rank}.pt'))
+'''
+
+
+# train.py whose growth ops draw from a different generator on each rank (a bug the check must catch)
+DIVERGING_TRAIN = r'''
+import os, sys
+sys.path.insert(0, os.getcwd())
+import torch
+import train
+
+train.growth_generator = lambda: torch.Generator().manual_seed(train.seed + train.iter_of_last_op + train.ddp_rank)
+train.run_from_command_line(sys.argv[1:])
+'''
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp('ddp')
+    data = root / 'data'
+    write_char_data(data)
+    schedule = write_schedule(root / 'schedule.json', SCHEDULE)
+    for name, text in (('dumping_train.py', DUMPING_TRAIN), ('diverging_train.py', DIVERGING_TRAIN)):
+        (root / name).write_text(text)
+
+    def args(out, **overrides):
+        return train_args(data, out, **dict(dict(scaling_schedule_file=schedule, always_save_checkpoint=True,
+                                                 gradient_accumulation_steps=1, max_iters=40), **overrides))
+    return dict(args=args, root=root, data=data, dumping=TORCHRUN + [str(root / 'dumping_train.py')],
+                diverging=TORCHRUN + [str(root / 'diverging_train.py')])
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def assert_ranks_identical(out):
+    """Both ranks' final parameters and AdamW state exactly equal, and equal to rank 0's checkpoint."""
+    rank0, rank1 = load(out / 'rank0.pt'), load(out / 'rank1.pt')
+    assert_same_state(rank1, rank0, 'rank 1 vs rank 0')
+    checkpoint = load(out / 'ckpt.pt')
+    assert_same_state(checkpoint['model'], rank0['model'], 'checkpoint vs rank 0')
+    assert_same_state(checkpoint['optimizer'], rank0['optimizer'], 'checkpoint vs rank 0')
+    return checkpoint
+
+
+def ops_in_events(out):
+    return [(e['iter'], e['name']) for e in read_events(out) if e['event'] == 'op']
+
+
+def test_ddp_run_with_growth_ends_with_identical_ranks(setup, tmp_path):
+    out = tmp_path / 'out'
+    result = run_train(setup['args'](out), command=setup['dumping'], timeout=180)
+    assert result.returncode == 0, describe_run(result)
+    checkpoint = assert_ranks_identical(out)
+    assert (checkpoint['model_args']['n_layer'], checkpoint['model_args']['n_hidden']) == (2, 256)
+    assert len(checkpoint['rng']) == 2 and not torch.equal(checkpoint['rng'][0]['data'], checkpoint['rng'][1]['data'])
+    events = read_events(out)
+    assert [(e['iter'], e['name']) for e in events if e['event'] == 'op'] == EXPECTED_OPS
+    evals = [e for e in events if e['event'] == 'eval']
+    assert [e['iter'] for e in evals] == [0, 10, 20, 30, 40]
+    assert {e['grad_accum'] for e in evals} == {2}  # gradient_accumulation_steps=1 rounded up to 1 per rank
+    assert evals[-1]['tokens'] == 40 * 2 * 4 * 32  # 2 ranks x 1 micro step x batch 4 x block 32 per iter
+    widen = [e for e in events if e['event'] == 'op' and e['name'] == 'widen_mlp'][0]
+    assert abs(widen['val_loss_after'] - widen['val_loss_before']) <= 1e-5  # function kept on every rank
+
+
+def test_ddp_rank_check_catches_ranks_that_grew_differently(setup, tmp_path):
+    """widen_mlp by 2 copies every unit once, whatever the generator: ranks differ only in the order
+    of their replicas (and of the carried AdamW moments), which a plain sum would not see."""
+    schedule = write_schedule(tmp_path / 'widen.json', [('widen_mlp', 2.0, 0.0, 10, False)])
+    out = tmp_path / 'out'
+    result = run_train(setup['args'](out, scaling_schedule_file=schedule, max_iters=10), command=setup['diverging'],
+                       timeout=180)
+    assert result.returncode != 0, describe_run(result)
+    assert 'RuntimeError: DDP ranks disagree after a growth op' in result.stderr
+    assert not os.path.exists(out / 'ckpt.pt')  # stopped before the checkpoint of iter 10
+
+
+def worker_pids(torchrun_pid):
+    """{rank: pid} of the worker processes torchrun started."""
+    with open(f'/proc/{torchrun_pid}/task/{torchrun_pid}/children') as f:
+        children = [int(pid) for pid in f.read().split()]
+    workers = {}
+    for pid in children:
+        with open(f'/proc/{pid}/environ', 'rb') as f:
+            env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
+        workers[int(env[b'RANK'])] = pid
+    return workers
+
+
+def test_ddp_rank_killed_then_resumed(setup, tmp_path):
+    out = tmp_path / 'out'
+    process = start_train(setup['args'](out, max_iters=1000), command=TORCHRUN + ['train.py'])
+    try:
+        wait_for_line(process, 'iter 25:')
+        workers = worker_pids(process.pid)
+        assert sorted(workers) == [0, 1]
+        os.kill(workers[1], signal.SIGKILL)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0, output[-3000:]
+    assert 'exitcode  : -9' in output  # torchrun reports the killed rank
+    # the latest checkpoint is a complete one, whatever rank 0 was doing when its peer died
+    checkpoint = train.load_checkpoint(str(out / 'ckpt.pt'))
+    stopped_at = checkpoint['iter_num']
+    assert stopped_at >= 20 and stopped_at % 10 == 0
+    assert [op['name'] for op in checkpoint['orchestrator']['executed_ops']] == \
+        [name for it, name in EXPECTED_OPS if it <= stopped_at]
+
+    result = run_train(setup['args'](out, init_from='resume', max_iters=max(40, stopped_at + 10)),
+                       command=setup['dumping'], timeout=180)
+    assert result.returncode == 0, describe_run(result)
+    assert_ranks_identical(out)
+    evals = [e for e in read_events(out) if e['event'] == 'eval']
+    assert [e['iter'] for e in evals] == list(range(0, max(40, stopped_at + 10) + 1, 10))
+    assert all(e['grad_accum'] == 2 and math.isfinite(e['val_loss']) for e in evals)
+    assert ops_in_events(out) == EXPECTED_OPS
