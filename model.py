@@ -202,10 +202,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.n_unmasked = 0  # > 0 while the hidden units from n_unmasked on are masked
 
-    def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
-
-    def forward_masked(self, x, mask):
+    def forward(self, x, mask):
         h = F.gelu(self.c_fc(x))
         if self.n_unmasked:
             h = h * ramp_vector(h.shape[-1], self.n_unmasked, mask)
@@ -224,7 +221,7 @@ class Block(nn.Module):
 
     def forward(self, x, mask):
         y = x + self.attn(self.ln_1(x, mask), mask)
-        y = y + self.mlp.forward_masked(self.ln_2(y, mask), mask)
+        y = y + self.mlp(self.ln_2(y, mask), mask)
         if self.blended:
             return mask * y + (1 - mask) * x
         return y
@@ -369,10 +366,14 @@ class GPT(nn.Module):
             module.set_lora(rank, self.config.lora_alpha, generator)
         setattr(self.config, f'{target}_lora_rank', rank)
 
-    def _fresh_adapter_lineage(self, lineage):
-        for name, _ in self.named_parameters():
-            if name.endswith(('lora_A', 'lora_B')):
-                lineage[name] = (None, None, None)
+    def _fresh_adapter_lineage(self, targets):
+        """Every parameter carries over, but the adapters of the target modules, which are new."""
+        lineage = self._identity_lineage()
+        for module_name, module in self.named_modules():
+            if module in targets:
+                for name in ('lora_A', 'lora_B'):
+                    if hasattr(module, name):
+                        lineage[f'{module_name}.{name}'] = (None, None, None)
         return lineage
 
     @torch.no_grad()
@@ -380,12 +381,7 @@ class GPT(nn.Module):
         """target 'attn' or 'embedding'. Merges the adapters into the main weights, then fresh
         adapters of the new rank (0 removes them and unfreezes the main weights)."""
         self._set_lora(target, rank, generator)
-        lineage = self._identity_lineage()
-        for module in self._lora_targets(target):
-            for name, p in self.named_parameters():
-                if p is getattr(module, 'lora_A', None) or p is getattr(module, 'lora_B', None):
-                    lineage[name] = (None, None, None)
-        return lineage
+        return self._fresh_adapter_lineage(self._lora_targets(target))
 
     @torch.no_grad()
     def set_lora_alpha(self, alpha, generator):
@@ -397,7 +393,7 @@ class GPT(nn.Module):
     def merge_lora(self, generator):
         for target in ('attn', 'embedding'):
             self._set_lora(target, getattr(self.config, f'{target}_lora_rank'), generator)
-        return self._fresh_adapter_lineage(self._identity_lineage())
+        return self._fresh_adapter_lineage(self._lora_targets('attn') + self._lora_targets('embedding'))
 
     @torch.no_grad()
     def stack_layers(self, layer_map, generator=None, blend=False, init='copy'):
