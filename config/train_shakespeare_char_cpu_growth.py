@@ -1,5 +1,5 @@
 # the growth recipe for the CPU testbed: it ends as the CPU recipe's model (4 layers x 128,
-# mlp 512) but starts with 1 layer and a narrow mlp, and grows by masked structural growth
+# mlp 512) but starts with 1 layer and a narrow mlp, and grows (stacking, Net2Net widening)
 # following configs/shakespeare_char_cpu_growth.yaml. 5000 iters with lr decay to 5000, where
 # model capacity starts to matter on tiny shakespeare (see README: "growth vs static").
 #

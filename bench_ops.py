@@ -1,0 +1,73 @@
+"""
+Wall time of each growth operation on a GPT-2 124M-sized model (CPU by default), as train.py
+runs it: the op itself, the optimizer rebuilt and its state carried over (execute_operation with
+rebuild_after_growth). Every op starts from a fresh model whose optimizer holds real state.
+
+$ python bench_ops.py
+$ python bench_ops.py --n_layer=2 --n_embd=64 --n_head=2 --vocab_size=65 --block_size=64   # a tiny run
+"""
+
+import contextlib
+import io
+import sys
+import time
+
+import torch
+
+import train
+from configurator import ConfigError, configure
+from model import GPT, GPTConfig
+
+DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, block_size=1024, device='cpu', seed=1337)
+
+# (name, value, what the starting model differs in): stacking starts at half the depth, LoRA ops with rank 8 on
+OPS = [('stack_layers', 2, dict(half_depth=True)),
+       ('widen_mlp', 1.5, {}),
+       ('change_attn_lora_rank', 2.0, dict(attn_lora_rank=8)),
+       ('merge_lora_weights', None, dict(attn_lora_rank=8)),
+       ('change_lora_alpha', 2.0, dict(attn_lora_rank=8)),
+       ('msg_widen_mlp', {'factor': 1.5, 'anneal_iters': 100}, {}),
+       ('msg_add_heads', {'n_new_heads': 2, 'anneal_iters': 100}, {}),
+       ('msg_stack_layers', {'layers': 2, 'anneal_iters': 100}, dict(half_depth=True)),
+       ('msg_widen_embd', {'factor': 1.25, 'anneal_iters': 100}, {})]
+
+
+def model_with_optimizer_state(config, differs):
+    """A fresh model on the device and an AdamW that took one step with random gradients."""
+    model_config = GPTConfig(n_layer=config['n_layer'] // 2 if differs.get('half_depth') else config['n_layer'],
+                             n_head=config['n_head'], n_embd=config['n_embd'], vocab_size=config['vocab_size'],
+                             block_size=config['block_size'], bias=False,
+                             attn_lora_rank=differs.get('attn_lora_rank', 0))
+    train.model = GPT(model_config).to(config['device'])
+    train.build_optimizer()
+    for p in train.model.parameters():
+        if p.requires_grad:
+            p.grad = torch.randn_like(p) * 1e-3
+    train.optimizer.step()
+    train.optimizer.zero_grad(set_to_none=True)
+
+
+def main(argv):
+    config = configure(argv, DEFAULTS)
+    vars(train).update(device=config['device'], compile=False, seed=config['seed'])
+    train.device_type = 'cuda' if 'cuda' in config['device'] else 'cpu'
+    print(f"{'op':<28} {'seconds':>8}  {'params before -> after':>26}  under 1 s")
+    for name, value, differs in OPS:
+        model_with_optimizer_state(config, differs)
+        before = train.model.get_num_params()
+        entry = dict(name=name, value=value, trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
+        train.reset_orchestrator([entry])
+        started = time.time()
+        with contextlib.redirect_stdout(io.StringIO()):  # the op's log block
+            train.execute_operation(entry, 'timeout', 0, 0.0, train.rebuild_after_growth)
+        seconds = time.time() - started
+        print(f"{name:<28} {seconds:8.3f}  {before:>11,} -> {train.model.get_num_params():>11,}  "
+              f"{'yes' if seconds < 1 else 'no'}", flush=True)
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

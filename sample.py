@@ -1,0 +1,94 @@
+"""
+Sample from a trained model, grown ones included: the checkpoint alone says what the model is.
+
+$ python sample.py --out_dir=out-shakespeare-char-cpu --device=cpu
+"""
+
+import os
+import pickle
+import sys
+from contextlib import nullcontext
+
+import torch
+
+import train
+from configurator import ConfigError, configure
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+out_dir = 'out'  # the checkpoint {out_dir}/ckpt.pt
+start = "\n"  # or "<|endoftext|>" or etc. can also specify a file, use as: "FILE:prompt.txt"
+num_samples = 10  # number of samples to draw
+max_new_tokens = 500  # number of tokens generated in each sample
+temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, in predictions
+top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability
+seed = 1337
+device = 'cuda'  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc.
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16'
+compile = False  # use PyTorch 2.0 to compile the model to be faster
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+# -----------------------------------------------------------------------------
+
+
+def load_model(checkpoint):
+    """The model as it was when the checkpoint was written, its MSG mask included."""
+    model = GPT(GPTConfig(**checkpoint['model_args']))
+    model.load_state_dict(checkpoint['model'])
+    train.load_orchestrator_state(checkpoint['orchestrator'])
+    model.set_growth_mask(train.ramp_mask(checkpoint['iter_num']))
+    return model
+
+
+def codec(checkpoint):
+    """(encode, decode) from the run's meta.pkl: characters, or GPT-2 BPE through tiktoken."""
+    config = checkpoint['config']
+    path = os.path.join(config['data_dir'] or os.path.join('data', config['dataset']), 'meta.pkl')
+    if not os.path.isfile(path):
+        raise train.UserError(f"{path} not found: sample.py decodes with the meta.pkl of the run's data")
+    with open(path, 'rb') as f:
+        meta = pickle.load(f)
+    if meta.get('tokenizer') == 'gpt2':
+        import tiktoken
+        enc = tiktoken.get_encoding('gpt2')
+        return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+    stoi, itos = meta['stoi'], meta['itos']
+    return (lambda s: [stoi[c] for c in s]), (lambda tokens: ''.join(itos[i] for i in tokens))
+
+
+def main():
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed(seed)
+    device_type = 'cuda' if 'cuda' in device else 'cpu'
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+    checkpoint = train.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    encode, decode = codec(checkpoint)
+    model = load_model(checkpoint).to(device)
+    model.eval()
+    if compile:
+        model = torch.compile(model)
+
+    prompt = start
+    if start.startswith('FILE:'):
+        with open(start[5:], encoding='utf-8') as f:
+            prompt = f.read()
+    try:
+        start_ids = encode(prompt)
+    except KeyError as e:
+        raise train.UserError(f"start: the character {e} is not in the vocabulary") from None
+    x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
+    with torch.no_grad(), ctx:
+        for _ in range(num_samples):
+            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
+            print(decode(y[0].tolist()))
+            print('---------------')
+
+
+if __name__ == '__main__':
+    try:
+        globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+        main()
+    except (train.UserError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
