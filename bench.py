@@ -1,58 +1,87 @@
 """
 Training-step throughput for any config: train.py's own step (forward/backward over the
-accumulation steps, clip, AdamW) on the run's data, timed. With --init_from=resume it times
-the architecture of {out_dir}/ckpt.pt, grown or not, with its optimizer state.
+accumulation steps, clip, AdamW from model.configure_optimizers), timed. Batches come from the
+run's train.bin (real_data=True) or are random tokens (real_data=False, vocab_size tokens).
+With --init_from=resume it times the run of {out_dir}/ckpt.pt as it was when saved: its
+settings, its architecture (grown or not) and its optimizer state; later arguments override.
 
 $ python bench.py config/train_shakespeare_char_cpu.py
-$ python bench.py config/train_shakespeare_char_cpu_growth.py --init_from=resume
+$ python bench.py config/train_shakespeare_char_cpu.py --real_data=False --vocab_size=65 --num_steps=50
+$ python bench.py --init_from=resume --out_dir=out-shakespeare-char-cpu-growth
 """
 
 import os
 import sys
 import time
 
+import torch
+
 import train
 from configurator import ConfigError, configure
 from model import GPTConfig
 
-BENCH_DEFAULTS = dict(num_steps=20, warmup_steps=5)  # timed steps, after untimed warmup steps
+BENCH_DEFAULTS = dict(
+    real_data=True,  # batches from train.bin of data_dir (or data/{dataset}); False: random tokens
+    vocab_size=50304,  # of the random tokens and a fresh model when real_data=False (else meta.pkl's)
+    num_steps=20,  # timed steps
+    warmup_steps=5,  # untimed steps first (compilation, allocator warm-up)
+)
+
+
+def random_batch(vocab_size):
+    """A get_batch for train.train_step that draws uniform random tokens (no data files needed)."""
+    def get_batch(_split, generator, size):
+        tokens = torch.randint(vocab_size, (size, train.block_size + 1), generator=generator)
+        return tokens[:, :-1].contiguous().to(train.device), tokens[:, 1:].contiguous().to(train.device)
+    return get_batch
 
 
 def main(argv):
     defaults = dict({k: getattr(train, k) for k in train.config_keys}, **BENCH_DEFAULTS)
     config = configure(argv, defaults)
+    checkpoint = None
+    if config['init_from'] == 'resume':
+        checkpoint = train.load_checkpoint(os.path.join(config['out_dir'], 'ckpt.pt'))
+        run_config = {k: v for k, v in checkpoint['config'].items() if k in train.config_keys}
+        config = configure(argv, dict(defaults, **run_config), verbose=False)
     if config['num_steps'] < 1 or config['warmup_steps'] < 0:
         raise train.UserError("num_steps must be >= 1 and warmup_steps >= 0")
     vars(train).update({k: v for k, v in config.items() if k in train.config_keys})
     train.setup_runtime()
-    meta = train.check_data()
-    checkpoint = train.load_checkpoint(os.path.join(train.out_dir, 'ckpt.pt')) if train.init_from == 'resume' else None
-    train.reset_orchestrator()
-    if checkpoint is None:
-        model_config = train.model_config_from_globals(meta['vocab_size'])
-    else:  # the architecture, batch size and accumulation the run had at its checkpoint
+
+    meta = train.check_data() if config['real_data'] else None
+    if checkpoint is not None:  # the architecture, multipliers and optimizer state of the checkpoint
         model_config = GPTConfig(**checkpoint['model_args'])
         train.load_orchestrator_state(checkpoint['orchestrator'])
+    else:
+        model_config = train.model_config_from_globals(meta['vocab_size'] if meta else config['vocab_size'])
+        train.reset_orchestrator()
+    if not config['real_data']:
+        train.get_batch = random_batch(model_config.vocab_size)
     train.build_run(model_config, checkpoint)
     c = train.model.config
     print(f"model: n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd}, n_hidden {c.n_hidden}, "
-          f"params {train.model.get_num_params() / 1e6:.3f}M; batch {train.effective_batch_size()} x accum "
-          f"{train.effective_grad_accum()} x block {c.block_size}, {train.device}, compile {train.compile}")
+          f"vocab {c.vocab_size}, params {train.model.get_num_params() / 1e6:.3f}M; batch "
+          f"{train.effective_batch_size()} x accum {train.effective_grad_accum()} x block {train.block_size}, "
+          f"{'real' if config['real_data'] else 'random'} data, {train.device}, compile {train.compile}")
 
     start_iter = train.progress['iter_num']
     times, tokens = [], 0
     for step in range(config['warmup_steps'] + config['num_steps']):
         t0 = time.time()
+        if train.advance_ramp(start_iter + step):  # an MSG mask rises per iteration, as in train.py
+            train.wrap_model()
         loss, micro_steps, step_tokens, _ = train.train_step(start_iter + step)
-        lossf = loss.item() * micro_steps  # a sync, so the step is over when the clock stops
+        lossf = loss.item() * micro_steps  # a host-device sync: the step is over when the clock stops
         dt = time.time() - t0
-        if step >= config['warmup_steps']:
+        warmup = step < config['warmup_steps']
+        if not warmup:
             times.append(dt)
             tokens = step_tokens
-        print(f"step {step}: loss {lossf:.4f}, {dt * 1000:.2f}ms{' (warmup)' if step < config['warmup_steps'] else ''}")
-    ms_per_iter = 1000 * sum(times) / len(times)
-    mfu = train.model.estimate_mfu(tokens, ms_per_iter / 1000)
-    print(f"ms/iter {ms_per_iter:.2f}, tokens/s {tokens / (ms_per_iter / 1000):,.0f}, mfu {mfu * 100:.4f}%")
+        print(f"step {step}: loss {lossf:.4f}, {dt * 1000:.2f}ms{' (warmup)' if warmup else ''}")
+    seconds = sum(times) / len(times)
+    mfu = train.model.estimate_mfu(tokens, seconds)
+    print(f"ms/iter {seconds * 1000:.2f}, tokens/s {tokens / seconds:.0f}, mfu {mfu * 100:.4g}%")
 
 
 if __name__ == '__main__':

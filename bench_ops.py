@@ -9,6 +9,7 @@ $ python bench_ops.py --n_layer=2 --n_embd=64 --n_head=2 --vocab_size=65 --block
 
 import contextlib
 import io
+import re
 import sys
 import time
 
@@ -49,20 +50,22 @@ def model_with_optimizer_state(config, differs):
 
 def main(argv):
     config = configure(argv, DEFAULTS)
-    vars(train).update(device=config['device'], compile=False, seed=config['seed'])
+    vars(train).update(device=config['device'], compile=False, seed=config['seed'], growth_optimizer_state='carry')
     train.device_type = 'cuda' if 'cuda' in config['device'] else 'cpu'
-    print(f"{'op':<28} {'seconds':>8}  {'params before -> after':>26}  under 1 s")
+    print(f"{'op':<28} {'seconds':>8}  {'params before -> after':>26}  {'state carried':>13}  under 1 s")
     for name, value, differs in OPS:
         model_with_optimizer_state(config, differs)
         before = train.model.get_num_params()
         entry = dict(name=name, value=value, trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
         train.reset_orchestrator([entry])
+        log = io.StringIO()
         started = time.time()
-        with contextlib.redirect_stdout(io.StringIO()):  # the op's log block
+        with contextlib.redirect_stdout(log):  # the op's log block
             train.execute_operation(entry, 'timeout', 0, 0.0, train.rebuild_after_growth)
         seconds = time.time() - started
+        carried = re.search(r'optimizer rebuilt: (\d+) of (\d+) tensors', log.getvalue())
         print(f"{name:<28} {seconds:8.3f}  {before:>11,} -> {train.model.get_num_params():>11,}  "
-              f"{'yes' if seconds < 1 else 'no'}", flush=True)
+              f"{carried[1] + '/' + carried[2]:>13}  {'yes' if seconds < 1 else 'no'}", flush=True)
 
 
 if __name__ == '__main__':

@@ -444,14 +444,13 @@ class GPT(nn.Module):
         lineage = self._identity_lineage()
         for i, block in enumerate(self.transformer.h):
             mlp = block.mlp
+            # the new units cycle through the old ones in a random order: the k-th new unit is
+            # replica number k // old_hidden + 1 of its source
             replicas = torch.randperm(old_hidden, generator=generator)
-            index = torch.cat([torch.arange(old_hidden),
-                               replicas[torch.arange(new_hidden - old_hidden) % old_hidden]])
-            copies = torch.ones(old_hidden)
-            occurrence = torch.zeros(new_hidden)  # 0 for the original, 1, 2, .. for its replicas
-            for j in range(old_hidden, new_hidden):
-                occurrence[j] = copies[index[j]]
-                copies[index[j]] += 1
+            k = torch.arange(new_hidden - old_hidden)
+            index = torch.cat([torch.arange(old_hidden), replicas[k % old_hidden]])
+            occurrence = torch.cat([torch.zeros(old_hidden), (k // old_hidden + 1).float()])  # 0: the original
+            copies = 1 + torch.bincount(index[old_hidden:], minlength=old_hidden).float()
             c = copies[index]
             share = (occurrence + 1) / (c * (c + 1) / 2)
             device_index = index.to(mlp.c_fc.weight.device)

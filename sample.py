@@ -71,8 +71,11 @@ def main():
 
     prompt = start
     if start.startswith('FILE:'):
-        with open(start[5:], encoding='utf-8') as f:
-            prompt = f.read()
+        try:
+            with open(start[5:], encoding='utf-8') as f:
+                prompt = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise train.UserError(f"start: cannot read the prompt file {start[5:]}: {e}") from None
     try:
         start_ids = encode(prompt)
     except KeyError as e:

@@ -907,6 +907,7 @@ def carry_optimizer_state(old_states, new_optimizer, lineage):
     exp_avg_sq (so their first steps are not oversized); fresh tensors start with no state.
     Returns how many tensors carried state over."""
     carried = 0
+    taken = set()  # old tensors whose moments a new parameter took as they are (no copy); later ones copy
     names = {p: name for name, p in model.named_parameters()}
     for group in new_optimizer.param_groups:
         for p in group['params']:
@@ -917,14 +918,16 @@ def carry_optimizer_state(old_states, new_optimizer, lineage):
             state = {'step': old['step'].clone()}
             for key in ('exp_avg', 'exp_avg_sq'):
                 moment = old[key]
-                if index is not None:
+                if index is not None:  # index_select makes a new tensor
                     fresh = (index < 0).to(moment.device)
                     moment = moment.index_select(dim, index.clamp(min=0).to(moment.device))
                     shape = [1] * moment.dim()
                     shape[dim] = -1
-                    fill = 0.0 if key == 'exp_avg' else old[key].mean()
-                    moment = torch.where(fresh.view(shape), fill, moment)
-                state[key] = moment.clone()
+                    moment.masked_fill_(fresh.view(shape), 0.0 if key == 'exp_avg' else old[key].mean())
+                elif old_name in taken:
+                    moment = moment.clone()
+                state[key] = moment
+            taken.add(old_name)
             new_optimizer.state[p] = state
             carried += 1
     return carried
