@@ -563,7 +563,7 @@ def test_command_line_refuses_and_touches_nothing(tmp_path, case):
     extra, expected = case(tmp_path, data)
     config_files = [a for a in extra if not a.startswith('--')]
     args = config_files + train_args(data, out_dir, max_iters=2) + [a for a in extra if a.startswith('--')]
-    result = run_train(args, timeout=120)
+    result = run_train(args, timeout=300)
     assert result.returncode == 2, result.stderr
     assert 'Traceback' not in result.stderr and 'Traceback' not in result.stdout
     lines = result.stderr.splitlines()
@@ -585,7 +585,7 @@ def test_command_line_refuses_without_creating_out_dir(tmp_path):
     write_char_data(data, n_chars=5000)
     out_dir = tmp_path / 'new_out'
     path = write_entries(tmp_path, 'yaml', [E('change_lr', float('nan'))])
-    result = run_train(train_args(data, out_dir, max_iters=2) + [f'--scaling_schedule_file={path}'], timeout=120)
+    result = run_train(train_args(data, out_dir, max_iters=2) + [f'--scaling_schedule_file={path}'], timeout=300)
     assert (result.returncode, result.stderr) == (
         2, f"error: {path}: entry 0, field 'value': change_lr: expected a finite number, got nan (float)\n")
     assert not out_dir.exists()
