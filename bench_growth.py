@@ -115,19 +115,19 @@ def main():
         row['flops_ratio'] = row['reached'][1] / large_reached[1] if row['reached'] else None
         row['wall_ratio'] = row['reached'][2] / large_reached[2] if row['reached'] else None
         row['below_small'] = row['final'] < small['final']
+        row['run_flops_ratio'] = row['evals'][-1]['flops'] / large['evals'][-1]['flops']
+        row['run_wall_ratio'] = row['evals'][-1]['elapsed_s'] / large['evals'][-1]['elapsed_s']
 
     lines = [f"# growth vs static: {args.config}, {args.seeds} seed(s), overrides {' '.join(overrides) or 'none'}",
              '', f"start architecture {start}, final architecture {final}", '',
              "| run | seed | final val | target (static-large final) | iter reached | FLOPs to target "
-             "| wall s to target | FLOPs ratio | wall ratio | ends below static-small |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| wall s to target | FLOPs ratio | wall ratio | ends below static-small | whole run: FLOPs, wall vs static-large |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        it, flops, secs = r['reached'] or ('not reached', None, None)
-        lines.append(f"| {r['kind']} | {r['seed']} | {r['final']:.4f} | {r['target']:.4f} | {it} | "
-                     f"{flops:.3e} | {secs:.1f} | {r['flops_ratio']:.3f} | {r['wall_ratio']:.3f} | {r['below_small']} |"
-                     if r['reached'] else
-                     f"| {r['kind']} | {r['seed']} | {r['final']:.4f} | {r['target']:.4f} | not reached | - | - | - | - "
-                     f"| {r['below_small']} |")
+        reached = (f"{r['reached'][0]} | {r['reached'][1]:.3e} | {r['reached'][2]:.1f} | {r['flops_ratio']:.3f} | "
+                   f"{r['wall_ratio']:.3f}") if r['reached'] else 'not reached | - | - | - | -'
+        lines.append(f"| {r['kind']} | {r['seed']} | {r['final']:.4f} | {r['target']:.4f} | {reached} | "
+                     f"{r['below_small']} | {r['run_flops_ratio']:.3f}, {r['run_wall_ratio']:.3f} |")
     lines += ['', "| run | median final val | final spread | median FLOPs ratio | FLOPs ratio spread "
               "| median wall ratio | wall ratio spread | reached | wins |", "|---|---|---|---|---|---|---|---|---|"]
     summaries = {}
@@ -143,8 +143,8 @@ def main():
         wins = kind.startswith('growth') and all_reached and med_flops < 1 and statistics.median(finals) < small_final
         summaries[kind] = (med_flops, med_wall)
         lines.append(f"| {kind} | {statistics.median(finals):.4f} | {spread(finals)} | "
-                     f"{med_flops if med_flops is None else f'{med_flops:.3f}'} | {spread(flops)} | "
-                     f"{med_wall if med_wall is None else f'{med_wall:.3f}'} | {spread(walls)} | "
+                     f"{'-' if med_flops is None else f'{med_flops:.3f}'} | {spread(flops)} | "
+                     f"{'-' if med_wall is None else f'{med_wall:.3f}'} | {spread(walls)} | "
                      f"{len(flops)}/{len(mine)} | {wins} |")
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, 'results.md'), 'w') as f:

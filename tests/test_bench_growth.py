@@ -61,6 +61,9 @@ def test_bench_growth_tiny(tmp_path):
         assert cells[4] == str(growth_at['iter']) and cells[7] == f"{flops_ratio:.3f}"
         ratio_line = f"flops_ratio_median={flops_ratio:.3f} wall_ratio_median={wall_ratio:.3f}"
     assert cells[9] == str(evals['growth-grow'][-1]['val_loss'] < evals['static-small'][-1]['val_loss'])
+    whole_run = (evals['growth-grow'][-1]['flops'] / evals['static-large'][-1]['flops'],
+                 evals['growth-grow'][-1]['elapsed_s'] / evals['static-large'][-1]['elapsed_s'])
+    assert cells[10] == f"{whole_run[0]:.3f}, {whole_run[1]:.3f}"
     assert stdout.strip().splitlines()[-1] == ratio_line
     assert re.search(r'^\| static-small \| 1 \|', results, re.M)
 
