@@ -946,6 +946,7 @@ data_generator = None
 progress = {}  # iter_num, tokens, flops, eval_flops, best_val_loss, next_eval_iter; all checkpointed
 PROGRESS_KEYS = ('iter_num', 'tokens', 'flops', 'eval_flops', 'best_val_loss', 'next_eval_iter')
 stop_signals = []  # SIGTERM / SIGINT received: checkpoint and exit at the next iteration
+flops_per_token = 0  # of a training step with the current model; refreshed when the model changes
 
 
 def setup_runtime():
@@ -1003,7 +1004,9 @@ def model_config_from_globals(vocab_size):
 
 
 def build_optimizer():
-    global optimizer, optimizer_names
+    """A new AdamW for the model as it is now (and its training flops per token, for the counters)."""
+    global optimizer, optimizer_names, flops_per_token
+    flops_per_token = model.flops_per_token()
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
     optimizer_names = {p: name for name, p in model.named_parameters()}
 
@@ -1230,7 +1233,7 @@ def main():
 
         loss, micro_steps, tokens, _ = train_step(iter_num)
         progress['tokens'] += tokens
-        progress['flops'] += model.flops_per_token() * tokens
+        progress['flops'] += flops_per_token * tokens
 
         # timing and logging
         t1 = time.time()
