@@ -12,8 +12,10 @@ import sys
 import pytest
 
 import train
+from model import GPT, GPTConfig
 
-BASE = dict(learning_rate=1e-3, min_lr=1e-4, decay_lr=True, warmup_iters=100, lr_decay_iters=2000,
+BASE = dict(learning_rate=1e-3, min_lr=1e-4, decay_lr=True, lr_schedule='cosine', cooldown_iters=0,
+            warmup_iters=100, lr_decay_iters=2000,
             batch_size=12, gradient_accumulation_steps=4, eval_interval=250, eval_iters=20,
             growth_lr_rewarm_iters=0, master_process=True, ddp_world_size=1, model=None)
 
@@ -250,6 +252,62 @@ def test_warmup_and_reset_and_lr_together():
     assert (train.effective_warmup_iters(), train.effective_lr_decay_iters()) == (50, 1000)
     for it in (400, 425, 450, 900, 1400, 1401):
         assert train.get_lr(it) == pytest.approx(cosine(2e-3, 2e-4, it - 400, 50, 1000), rel=1e-12)
+
+
+def wsd(lr_max, lr_min, t, warmup, decay, cooldown):
+    """WSD written out by hand: the same warmup, lr_max until decay - cooldown, then 1 - sqrt to lr_min."""
+    if t < warmup:
+        return lr_max * (t + 1) / (warmup + 1)
+    if t > decay:
+        return lr_min
+    start = decay - cooldown
+    if t <= start:
+        return lr_max
+    return lr_min + (1 - math.sqrt((t - start) / cooldown)) * (lr_max - lr_min)
+
+
+def test_wsd_warmup_stable_then_sqrt_cooldown():
+    train.lr_schedule, train.cooldown_iters = 'wsd', 500
+    assert train.get_lr(0) == pytest.approx(1e-3 / 101, rel=1e-12)  # the same warmup as cosine
+    assert train.get_lr(100) == train.get_lr(1000) == train.get_lr(1500) == 1e-3  # stable at the peak
+    assert train.get_lr(1625) == pytest.approx(1e-4 + 0.5 * 9e-4, rel=1e-12)  # a quarter in: 1 - sqrt(1/4)
+    assert train.get_lr(2000) == pytest.approx(1e-4, rel=1e-12)
+    assert train.get_lr(2001) == 1e-4
+    for it in (0, 99, 100, 1499, 1500, 1501, 1900, 1999, 2500):
+        assert train.get_lr(it) == pytest.approx(wsd(1e-3, 1e-4, it, 100, 2000, 500), rel=1e-12)
+
+
+def test_wsd_default_cooldown_is_a_fifth_of_lr_decay_iters():
+    train.lr_schedule = 'wsd'
+    assert train.effective_cooldown_iters() == 400
+    assert train.get_lr(1600) == 1e-3 and train.get_lr(1601) < 1e-3
+    assert train.get_lr(1700) == pytest.approx(wsd(1e-3, 1e-4, 1700, 100, 2000, 400), rel=1e-12)
+
+
+def test_wsd_under_warmup_reset_lr_and_growth_rewarm():
+    """change_warmup_iters stretches the whole schedule (warmup, cooldown, decay end); reset_lr_schedule
+    restarts it at the op (warmup, stable, cooldown ending lr_decay_iters later); change_lr scales
+    peak and floor; a growth re-warmup multiplies whatever the schedule gives."""
+    train.lr_schedule, train.cooldown_iters = 'wsd', 500
+    fire_now(('change_lr', 2.0), ('change_warmup_iters', 0.5), ('reset_lr_schedule', None), iter_num=400)
+    assert (train.effective_warmup_iters(), train.effective_cooldown_iters(),
+            train.effective_lr_decay_iters()) == (50, 250, 1000)
+    for it in (400, 449, 450, 1150, 1151, 1300, 1400, 1401):
+        assert train.get_lr(it) == pytest.approx(wsd(2e-3, 2e-4, it - 400, 50, 1000, 250), rel=1e-12)
+    assert train.get_lr(1000) == 2e-3  # stable phase: the peak
+    train.growth_lr_rewarm_iters, train.iter_of_last_growth = 99, 1000
+    assert train.get_lr(1000) == pytest.approx(2e-3 / 100, rel=1e-12)
+    assert train.get_lr(1049) == pytest.approx(2e-3 * 50 / 100, rel=1e-12)
+    assert train.get_lr(1099) == 2e-3
+
+
+def test_wsd_cooldown_appears_in_op_changes():
+    train.lr_schedule, train.cooldown_iters = 'wsd', 500
+    train.reset_orchestrator([entry('change_warmup_iters', 2.0, max_wait_iters=0)])
+    train.model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8))
+    _, events = run(0, 5.0)
+    assert events[0]['changes'] == {'warmup_iters': [100, 200], 'lr_decay_iters': [2000, 4000],
+                                    'cooldown_iters': [500, 1000]}
 
 
 def test_batch_size_rounds():

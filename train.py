@@ -71,6 +71,8 @@ beta2 = 0.95
 grad_clip = 1.0  # clip gradients at this value, or disable if == 0.0
 # learning rate decay settings
 decay_lr = True  # whether to decay the learning rate
+lr_schedule = 'cosine'  # 'cosine': warmup, cosine decay to min_lr at lr_decay_iters; 'wsd': warmup, stable, decay
+cooldown_iters = 0  # wsd: the decay to min_lr takes the last cooldown_iters before lr_decay_iters; 0 = a fifth of lr_decay_iters
 warmup_iters = 2000  # how many steps to warm up for
 lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
 min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
@@ -148,20 +150,35 @@ def effective_lr_decay_iters():
     return round(lr_decay_iters * warmup_iters_multiplier)
 
 
+def effective_cooldown_iters():
+    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
+    return round(cooldown * warmup_iters_multiplier)
+
+
+def scheduled_lr(t, lr_max, lr_min):
+    """The lr schedule at t iters on its own clock: linear warmup to lr_max, then either a cosine
+    decay to lr_min at lr_decay_iters, or (wsd) lr_max until the cooldown, then a 1 - sqrt decay
+    that reaches lr_min at lr_decay_iters (Hägele et al. 2024 found 1 - sqrt the better cooldown)."""
+    warmup, decay = effective_warmup_iters(), effective_lr_decay_iters()
+    if t < warmup:
+        return lr_max * (t + 1) / (warmup + 1)
+    if t > decay:
+        return lr_min
+    if lr_schedule == 'wsd':
+        cooldown_start = max(warmup, decay - effective_cooldown_iters())
+        if t <= cooldown_start:
+            return lr_max
+        ratio = (t - cooldown_start) / max(1, decay - cooldown_start)
+        return lr_min + (1.0 - math.sqrt(ratio)) * (lr_max - lr_min)
+    ratio = (t - warmup) / max(1, decay - warmup)
+    return lr_min + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr_max - lr_min)
+
+
 def get_lr(it):
-    """Linear warmup then cosine decay to min_lr, on the schedule's own clock, scaled by
+    """The lr schedule on the schedule's own clock (it - lr_schedule_offset), scaled by
     lr_multiplier, and re-warmed after a growth op when growth_lr_rewarm_iters > 0."""
     lr_max, lr_min = learning_rate * lr_multiplier, min_lr * lr_multiplier
-    lr = lr_max
-    if decay_lr:
-        t, warmup, decay = it - lr_schedule_offset, effective_warmup_iters(), effective_lr_decay_iters()
-        if t < warmup:
-            lr = lr_max * (t + 1) / (warmup + 1)
-        elif t > decay:
-            lr = lr_min
-        else:
-            ratio = (t - warmup) / max(1, decay - warmup)
-            lr = lr_min + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr_max - lr_min)
+    lr = scheduled_lr(it - lr_schedule_offset, lr_max, lr_min) if decay_lr else lr_max
     since_growth = it - iter_of_last_growth
     if iter_of_last_growth >= 0 and since_growth < growth_lr_rewarm_iters:
         lr *= (since_growth + 1) / (growth_lr_rewarm_iters + 1)
@@ -174,6 +191,8 @@ def effective_settings():
                     grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
                     eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
                     lr_decay_iters=effective_lr_decay_iters(), lr_schedule_offset=lr_schedule_offset)
+    if lr_schedule == 'wsd':
+        settings['cooldown_iters'] = effective_cooldown_iters()
     c = model.config
     settings.update(n_layer=c.n_layer, n_head=c.n_head, head_size=c.head_size, n_embd=c.n_embd, n_hidden=c.n_hidden,
                     attn_lora_rank=c.attn_lora_rank, embedding_lora_rank=c.embedding_lora_rank,
@@ -965,9 +984,11 @@ def check_inputs():
     """Everything the user gave us, checked before anything is built or written.
     Returns (model config, checkpoint or None, plan); sets the orchestrator state."""
     for key, allowed in (('init_from', ('scratch', 'resume')), ('growth_optimizer_state', ('carry', 'reset')),
-                         ('dtype', ('float32', 'bfloat16', 'float16'))):
+                         ('dtype', ('float32', 'bfloat16', 'float16')), ('lr_schedule', ('cosine', 'wsd'))):
         if globals()[key] not in allowed:
             raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
+    if cooldown_iters < 0:
+        raise UserError(f"cooldown_iters: expected an integer >= 0 (0 = a fifth of lr_decay_iters), got {cooldown_iters}")
     for key in ('batch_size', 'gradient_accumulation_steps', 'block_size', 'n_layer', 'n_head', 'n_embd',
                 'eval_interval', 'eval_iters', 'log_interval'):
         if globals()[key] < 1:
