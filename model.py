@@ -436,10 +436,13 @@ class GPT(nn.Module):
                 p.fill_(1.0)
 
     @torch.no_grad()
-    def widen_mlp(self, new_hidden, generator):
+    def widen_mlp(self, new_hidden, generator, noise=0.0):
         """Net2WiderNet: each new hidden unit replicates an old one (incoming weights and bias
         copied). A unit with c copies hands its outgoing weights to them in the unequal shares
-        1:2:..:c (normalized), so the output is unchanged and the copies' gradients differ."""
+        1:2:..:c (normalized), so the output is unchanged and the copies' gradients differ.
+        noise > 0 breaks the symmetry of the copies further: their incoming weights get gaussian
+        noise of std noise * (the layer's weight rms), minus its share-weighted mean over the copies
+        of a unit, so the function changes at second order only (the first-order terms cancel)."""
         old_hidden = self.config.n_hidden
         lineage = self._identity_lineage()
         for i, block in enumerate(self.transformer.h):
@@ -454,7 +457,10 @@ class GPT(nn.Module):
             c = copies[index]
             share = (occurrence + 1) / (c * (c + 1) / 2)
             device_index = index.to(mlp.c_fc.weight.device)
-            mlp.c_fc.weight = nn.Parameter(mlp.c_fc.weight[device_index])
+            w_fc = mlp.c_fc.weight[device_index]
+            if noise > 0:
+                w_fc += self._replica_noise(w_fc, index, share, old_hidden, noise, generator)
+            mlp.c_fc.weight = nn.Parameter(w_fc)
             if mlp.c_fc.bias is not None:
                 mlp.c_fc.bias = nn.Parameter(mlp.c_fc.bias[device_index])
             mlp.c_proj.weight = nn.Parameter(
@@ -465,6 +471,17 @@ class GPT(nn.Module):
                     lineage[prefix + name] = (prefix + name, dim, index)
         self.config.n_hidden = new_hidden
         return lineage
+
+    @staticmethod
+    def _replica_noise(w_fc, index, share, old_hidden, noise, generator):
+        """Noise rows for the widened c_fc weight whose share-weighted sum over each unit's copies is 0
+        (a unit without copies gets none)."""
+        rms = w_fc.float().pow(2).mean().sqrt().to(w_fc.dtype)  # a tensor: on the meta device too
+        eps = fresh_normal(w_fc.shape, noise, generator, w_fc) * rms
+        weighted = eps * share.to(eps)[:, None]
+        group_sum = torch.zeros((old_hidden, w_fc.shape[1]), dtype=eps.dtype, device=eps.device)
+        group_sum.index_add_(0, index.to(eps.device), weighted)
+        return eps - group_sum[index.to(eps.device)]
 
     @torch.no_grad()
     def msg_widen_mlp(self, new_hidden, generator):

@@ -28,6 +28,7 @@ CONFIGS = os.path.join(REPO, 'configs')
 CPU_RECIPE = 'config/train_shakespeare_char_cpu.py'
 SHAKESPEARE = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 ENTRY_KEYS = 'name, value, trigger_loss, max_wait_iters, reevaluate'
+OPTIONAL_KEYS = 'trigger_slope'
 
 
 def apply_recipe(recipe, monkeypatch):
@@ -205,7 +206,7 @@ def test_missing_key(tmp_path, cpu_model, key):
     (dict(comment="'grow'"), 'comment', '')])
 def test_unknown_key_with_suggestion(tmp_path, cpu_model, fields, key, hint):
     path, message = schedule_error(tmp_path, cpu_model, third_entry(**fields))
-    assert message == f"{path}: entry 2, field '{key}': unknown key{hint}; expected exactly {ENTRY_KEYS}"
+    assert message == f"{path}: entry 2, field '{key}': unknown key{hint}; expected exactly {ENTRY_KEYS}, optionally {OPTIONAL_KEYS}"
 
 
 @pytest.mark.parametrize('name,shown,hint', [
@@ -460,10 +461,22 @@ def test_dry_run_prints_the_plan_and_writes_nothing(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"plan: {len(RUN_SCHEDULE)} operations" in result.stdout
     for index, entry in enumerate(RUN_SCHEDULE):
-        assert f"  [{index}] {entry['name']}({json.dumps(entry['value'])}): " in result.stdout
+        fires = f"val loss < {entry['trigger_loss']:g} or {entry['max_wait_iters']} iters after the previous op"
+        assert f"  [{index}] {entry['name']}({json.dumps(entry['value'])}) when {fires}\n      then lr " in result.stdout
     assert "batch 16 x accum 2" in result.stdout
     assert 'SCALING OPERATION' not in result.stdout and 'step 0' not in result.stdout
     assert not out_dir.exists()
+
+
+def test_dry_run_names_the_slope_trigger(data_dir, tmp_path):
+    schedule = tmp_path / 'schedule.yaml'
+    schedule.write_text("- {name: stack_layers, value: 2, trigger_loss: 0.0, max_wait_iters: 100, reevaluate: true,"
+                        " trigger_slope: -0.05}\n")
+    result = train_py(*RUN_ARGS, f'--data_dir={data_dir}', f'--out_dir={tmp_path / "out"}',
+                      f'--scaling_schedule_file={schedule}', '--dry_run=True', '--trigger_slope_evals=4')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("  [0] stack_layers(2) when val loss < 0 or loss slope > -0.05 over 4 evals or 100 iters after the "
+            "previous op\n") in result.stdout
 
 
 def test_bad_schedule_stops_before_step_0(data_dir, tmp_path):

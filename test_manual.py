@@ -17,7 +17,7 @@ from model import GPT, GPTConfig
 BASE = dict(learning_rate=1e-3, min_lr=1e-4, decay_lr=True, lr_schedule='cosine', cooldown_iters=0,
             warmup_iters=100, lr_decay_iters=2000,
             batch_size=12, gradient_accumulation_steps=4, eval_interval=250, eval_iters=20,
-            growth_lr_rewarm_iters=0, master_process=True, ddp_world_size=1, model=None)
+            growth_lr_rewarm_iters=0, trigger_slope_evals=3, master_process=True, ddp_world_size=1, model=None)
 
 
 @pytest.fixture(autouse=True)
@@ -136,6 +136,77 @@ def test_an_entry_that_does_not_fire_blocks_the_later_ones():
 def test_empty_schedule_does_nothing():
     assert run(0, 1.0) == (1.0, [])
     assert train.executed_ops == [] and train.schedule_position == 0
+
+
+# -----------------------------------------------------------------------------
+# the slope trigger: d ln(val loss) / d ln(flops) over the last trigger_slope_evals evals since the op
+
+def eval_step(iter_num, flops, val_loss):
+    """What main() does at an eval on the grid: remember the eval, then run the orchestrator."""
+    train.record_eval(flops, val_loss)
+    return run(iter_num, val_loss)[1]
+
+
+def power_law(flops, exponent):
+    return 3.0 * flops ** exponent
+
+
+def test_slope_is_the_power_law_exponent():
+    for flops in (1e9, 2e9, 4e9):
+        train.record_eval(flops, power_law(flops, -0.1))
+    assert train.loss_slope() == pytest.approx(-0.1, rel=1e-9)
+    train.record_eval(8e9, power_law(4e9, -0.1))  # flat from 4e9 to 8e9: the fit over the last 3 is flatter
+    # x = ln 2, ln 4, ln 8 (less ln 1e9); y = -0.1 ln 2, -0.1 ln 4, -0.1 ln 4; least squares by hand
+    xs = [math.log(2e9), math.log(4e9), math.log(8e9)]
+    ys = [math.log(power_law(2e9, -0.1)), math.log(power_law(4e9, -0.1)), math.log(power_law(4e9, -0.1))]
+    mx, my = sum(xs) / 3, sum(ys) / 3
+    by_hand = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    assert by_hand == pytest.approx(-0.05, rel=1e-9)
+    assert train.loss_slope() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_slope_fires_when_the_loss_flattens():
+    train.reset_orchestrator([entry('change_lr', 0.5, max_wait_iters=10**6) | dict(trigger_slope=-0.03)])
+    assert eval_step(0, 0.0, 4.2) == []  # flops 0: no point on a log scale
+    losses = [power_law(f, -0.1) for f in (1e9, 2e9, 3e9)] + [power_law(3e9, -0.1) * 0.99, power_law(3e9, -0.1) * 0.985]
+    for k, val_loss in enumerate(losses[:4]):
+        assert eval_step(250 * (k + 1), 1e9 * (k + 1), val_loss) == []  # slopes -0.1, then about -0.06
+    events = eval_step(1250, 5e9, losses[4])
+    assert fired(events) == [('change_lr', 'slope')]
+    assert train.evals_since_op == [] and train.iter_of_last_op == 1250
+    assert train.executed_ops[0]['trigger_slope'] == -0.03 and train.executed_ops[0]['reason'] == 'slope'
+
+
+def test_a_huge_negative_threshold_fires_as_soon_as_the_slope_can_be_measured():
+    train.reset_orchestrator([entry('change_lr', 0.5) | dict(trigger_slope=-1e9),
+                              entry('change_batch_size', 2.0) | dict(trigger_slope=-1e9)])
+    assert eval_step(250, 1e9, 3.0) == [] and eval_step(500, 2e9, 2.9) == []  # two evals: not yet
+    assert fired(eval_step(750, 3e9, 2.8)) == [('change_lr', 'slope')]
+    # the next entry counts its evals from this op on: the three before it do not count
+    assert eval_step(1000, 4e9, 2.7) == [] and eval_step(1250, 5e9, 2.6) == []
+    assert fired(eval_step(1500, 6e9, 2.5)) == [('change_batch_size', 'slope')]
+
+
+def test_a_huge_positive_threshold_never_fires_but_timeout_and_loss_still_do():
+    train.reset_orchestrator([entry('change_lr', 0.5, max_wait_iters=1000) | dict(trigger_slope=1e9),
+                              entry('change_batch_size', 2.0, trigger_loss=2.0) | dict(trigger_slope=1e9)])
+    for k in range(1, 4):
+        assert eval_step(250 * k, 1e9 * k, 3.0) == []  # a flat loss: slope 0, not above 1e9
+    assert fired(eval_step(1000, 4e9, 3.0)) == [('change_lr', 'timeout')]
+    for k in range(5, 8):
+        assert eval_step(250 * k, 1e9 * k, 2.5 + 0.1 * k) == []  # rising loss, positive slope, still below 1e9
+    assert fired(eval_step(2000, 8e9, 1.9)) == [('change_batch_size', 'loss')]
+
+
+def test_slope_history_is_orchestrator_state():
+    train.reset_orchestrator([entry('change_lr', 0.5) | dict(trigger_slope=-0.05)])
+    train.record_eval(1e9, 3.0)
+    train.record_eval(2e9, 2.99)
+    state = train.orchestrator_state()
+    assert state['evals_since_op'] == [[1e9, 3.0], [2e9, 2.99]]
+    train.reset_orchestrator([])
+    train.load_orchestrator_state(state)
+    assert fired(eval_step(750, 3e9, 2.985)) == [('change_lr', 'slope')]  # about -0.005: flatter than -0.05
 
 
 # -----------------------------------------------------------------------------

@@ -89,6 +89,7 @@ dry_run = False  # validate the schedule against the model, print the plan, exit
 growth_optimizer_state = 'carry'  # after a growth op: 'carry' AdamW moments through the lineage, or 'reset'
 growth_lr_rewarm_iters = 0  # > 0: linear lr re-warmup over this many iters after a growth op
 skip_nonfinite_steps = 0  # 0: stop at a non-finite loss/grad norm; N: skip such steps, stop after N in a row
+trigger_slope_evals = 3  # trigger_slope: fit the slope over this many most recent evals since the previous op
 check_rank_consistency = True  # DDP: compare a parameter checksum across ranks after every growth op
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
@@ -107,9 +108,11 @@ iter_of_last_op = 0
 executed_ops = []  # the entries already run, each with the iter and reason it fired
 active_ramp = None  # the MSG mask still rising: {'name', 'start_iter', 'anneal_iters'}
 iter_of_last_growth = -1  # for growth_lr_rewarm_iters; -1 = no growth yet
+evals_since_op = []  # [training flops, val loss] of each eval since the previous op, for trigger_slope
 ORCHESTRATOR_KEYS = ['lr_multiplier', 'batch_size_multiplier', 'grad_accum_multiplier', 'lr_schedule_offset',
                      'warmup_iters_multiplier', 'eval_iters_multiplier', 'eval_interval_multiplier', 'schedule',
-                     'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp', 'iter_of_last_growth']
+                     'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp', 'iter_of_last_growth',
+                     'evals_since_op']
 ddp_world_size = 1  # set by setup_distributed; the orchestrator's rounding of grad accumulation needs it
 model = None  # the GPT being trained (set in main; growth ops change it in place)
 EVAL_SEED = 0  # eval batches do not depend on `seed`, so runs with different seeds share them
@@ -205,6 +208,7 @@ def effective_settings():
 # the schedule: loading, validation rules beside each operation, the operation table
 
 ENTRY_KEYS = ('name', 'value', 'trigger_loss', 'max_wait_iters', 'reevaluate')
+OPTIONAL_ENTRY_KEYS = ('trigger_slope',)
 
 
 class ScheduleError(UserError):
@@ -282,7 +286,8 @@ def check_mapping(value, required, optional=()):
         raise BadValue(f"missing key '{missing[0]}' (expected keys: {', '.join(required + tuple(optional))})")
     if unknown:
         raise BadValue(f"unknown key '{unknown[0]}' (expected keys: {', '.join(required + tuple(optional))})")
-    check_key(value, 'anneal_iters', check_int, 1)
+    if 'anneal_iters' in required:
+        check_key(value, 'anneal_iters', check_int, 1)
     return value
 
 
@@ -414,9 +419,22 @@ def check_msg_heads(value, config):
         raise BadValue("needs attention LoRA off at this point (attn_lora_rank 0)")
 
 
+def widen_settings(value):
+    """widen_mlp's value: a factor (exact Net2WiderNet), or {factor, noise} (symmetry broken)."""
+    if isinstance(value, dict):
+        return value['factor'], value['noise']
+    return value, 0.0
+
+
 def check_widen(value, config):
-    check_factor(value, 1.0)
-    check_new_params(2 * config.n_layer * config.n_embd * grown_size(config.n_hidden, value))
+    if isinstance(value, dict):
+        check_mapping(value, ('factor', 'noise'))
+        check_key(value, 'noise', check_factor, 0.0, True)
+        check_key(value, 'factor', check_factor, 1.0)
+    else:
+        check_factor(value, 1.0)
+    factor, _ = widen_settings(value)
+    check_new_params(2 * config.n_layer * config.n_embd * grown_size(config.n_hidden, factor))
 
 
 def check_stack_layers(value, config):
@@ -442,7 +460,8 @@ def stack_layers(value):
 
 
 def widen_mlp(value):
-    return model.widen_mlp(round(model.config.n_hidden * value), growth_generator())
+    factor, noise = widen_settings(value)
+    return model.widen_mlp(round(model.config.n_hidden * factor), growth_generator(), noise)
 
 
 def change_lora_rank(target):
@@ -529,10 +548,11 @@ def check_entry_shape(path, index, entry):
     if not isinstance(entry, dict):
         raise ScheduleError(path, index, None, f"expected a mapping with keys {', '.join(ENTRY_KEYS)}, got {describe(entry)}")
     for key in entry:  # unknown keys first: a misspelt key is reported as itself, with the right spelling
-        if key not in ENTRY_KEYS:
-            close = difflib.get_close_matches(str(key), ENTRY_KEYS, n=1)
+        if key not in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS:
+            close = difflib.get_close_matches(str(key), ENTRY_KEYS + OPTIONAL_ENTRY_KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ''
-            raise ScheduleError(path, index, key, f"unknown key{hint}; expected exactly {', '.join(ENTRY_KEYS)}")
+            raise ScheduleError(path, index, key, f"unknown key{hint}; expected exactly {', '.join(ENTRY_KEYS)}, "
+                                f"optionally {', '.join(OPTIONAL_ENTRY_KEYS)}")
     for key in ENTRY_KEYS:
         if key not in entry:
             raise ScheduleError(path, index, key, f"missing (every entry has {', '.join(ENTRY_KEYS)})")
@@ -544,6 +564,9 @@ def check_entry_shape(path, index, entry):
     trigger = entry['trigger_loss']
     if not is_number(trigger) or not math.isfinite(trigger):
         raise ScheduleError(path, index, 'trigger_loss', f"expected a finite number, got {describe(trigger)}")
+    slope = entry.get('trigger_slope', 0.0)
+    if not is_number(slope) or not math.isfinite(slope):
+        raise ScheduleError(path, index, 'trigger_slope', f"expected a finite number, got {describe(slope)}")
     wait = entry['max_wait_iters']
     if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
         raise ScheduleError(path, index, 'max_wait_iters', f"expected an integer >= 0, got {describe(wait)}")
@@ -613,14 +636,23 @@ def validate_schedule(path, entries, first_index, model_config):
             except BadValue as e:
                 raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
             check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
-            plan.append(dict(index=index, name=entry['name'], value=entry['value'], **settings))
+            plan.append(dict(index=index, name=entry['name'], value=entry['value'], fires=describe_triggers(entry),
+                             **settings))
     return plan
+
+
+def describe_triggers(entry):
+    triggers = [f"val loss < {entry['trigger_loss']:g}"]
+    if 'trigger_slope' in entry:
+        triggers.append(f"loss slope > {entry['trigger_slope']:g} over {trigger_slope_evals} evals")
+    return ' or '.join(triggers + [f"{entry['max_wait_iters']} iters after the previous op"])
 
 
 def print_plan(plan):
     print(f"plan: {len(plan)} operations")
     for row in plan:
-        print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}): lr {row['lr']:.3g}, "
+        print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}")
+        print(f"      then lr {row['lr']:.3g}, "
               f"batch {row['batch_size']} x accum {row['grad_accum']}, n_layer {row['n_layer']}, "
               f"n_head {row['n_head']}, n_embd {row['n_embd']}, n_hidden {row['n_hidden']}, "
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
@@ -644,15 +676,36 @@ def reset_orchestrator(entries=()):
         lr_multiplier=1.0, batch_size_multiplier=1.0, grad_accum_multiplier=1.0, lr_schedule_offset=0,
         warmup_iters_multiplier=1.0, eval_iters_multiplier=1.0, eval_interval_multiplier=1.0,
         schedule=list(entries), schedule_position=0, iter_of_last_op=0, executed_ops=[],
-        active_ramp=None, iter_of_last_growth=-1))
+        active_ramp=None, iter_of_last_growth=-1, evals_since_op=[]))
+
+
+def loss_slope():
+    """Least-squares slope of ln(val loss) against ln(training flops) over the last
+    trigger_slope_evals evals since the previous op; None until there are that many."""
+    points = [(math.log(f), math.log(v)) for f, v in evals_since_op if f > 0 and v > 0][-trigger_slope_evals:]
+    if len(points) < max(2, trigger_slope_evals):
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread_x = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread_x
 
 
 def trigger_reason(entry, iter_num, val_loss):
     if val_loss < entry['trigger_loss']:
         return 'loss'
+    if 'trigger_slope' in entry:
+        slope = loss_slope()
+        if slope is not None and slope > entry['trigger_slope']:
+            return 'slope'
     if iter_num - iter_of_last_op >= entry['max_wait_iters']:
         return 'timeout'
     return None
+
+
+def record_eval(flops, val_loss):
+    """Remember an eval on the grid (before the orchestrator runs) for the slope trigger."""
+    evals_since_op.append([flops, val_loss])
 
 
 def ramp_mask(iter_num):
@@ -666,17 +719,21 @@ def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
     """Run one schedule entry: apply it, record it, log what it changed. on_growth(lineage) rebuilds
     the optimizer and wrappers after a growth op (main() passes it; orchestrator tests need none).
     Returns {setting: [before, after]} for every effective setting it changed."""
-    global schedule_position, iter_of_last_op, active_ramp, iter_of_last_growth
+    global schedule_position, iter_of_last_op, active_ramp, iter_of_last_growth, evals_since_op
     operation = OPERATIONS[entry['name']]
     if master_process:
         print("=== SCALING OPERATION TRIGGERED ===")
         print(f"Operation: {entry['name']} (entry {schedule_position}), value {json.dumps(entry['value'])}")
         if reason == 'loss':
             print(f"Trigger reason: loss. Current val loss {val_loss:.4f} < trigger loss {entry['trigger_loss']}")
+        elif reason == 'slope':
+            print(f"Trigger reason: slope. d ln(val loss) / d ln(flops) over the last {trigger_slope_evals} evals "
+                  f"{loss_slope():.4f} > trigger slope {entry['trigger_slope']}, current val loss {val_loss:.4f}")
         else:
             print(f"Trigger reason: timeout. Waited {iter_num - iter_of_last_op} iters "
                   f"(max_wait_iters {entry['max_wait_iters']}), current val loss {val_loss:.4f}")
     iter_of_last_op = iter_num
+    evals_since_op = []
     before = effective_settings() if model is not None else {}
     started = time.time()
     lineage = operation.apply(entry['value'])
@@ -987,6 +1044,8 @@ def check_inputs():
                          ('dtype', ('float32', 'bfloat16', 'float16')), ('lr_schedule', ('cosine', 'wsd'))):
         if globals()[key] not in allowed:
             raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
+    if trigger_slope_evals < 2:
+        raise UserError(f"trigger_slope_evals: expected an integer >= 2 (a slope needs two evals), got {trigger_slope_evals}")
     if cooldown_iters < 0:
         raise UserError(f"cooldown_iters: expected an integer >= 0 (0 = a fifth of lr_decay_iters), got {cooldown_iters}")
     for key in ('batch_size', 'gradient_accumulation_steps', 'block_size', 'n_layer', 'n_head', 'n_embd',
@@ -1237,6 +1296,7 @@ def main():
             # the schedule runs at every eval on the grid, the last one too, so that a run resumed from
             # here with a larger max_iters continues exactly; an extra final eval off the grid only reports
             if on_eval_grid:
+                record_eval(progress['flops'], val_loss)
                 val_loss = run_orchestrator(iter_num, val_loss, lambda: evaluate()['val'], rebuild_after_growth,
                                             log_event)
                 progress['next_eval_iter'] = iter_num + effective_eval_interval()
@@ -1278,7 +1338,7 @@ def check_schedule_matches(entries):
     """On resume with a schedule file: the entries already run must be the file's first entries."""
     for done in executed_ops:
         index = done['index']
-        if index >= len(entries) or any(entries[index][k] != done[k] for k in ENTRY_KEYS):
+        if index >= len(entries) or any(entries[index].get(k) != done.get(k) for k in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS):
             found = json.dumps(entries[index]) if index < len(entries) else 'nothing'
             raise ScheduleError(scaling_schedule_file, index, None,
                                 f"the checkpoint already ran {json.dumps({k: done[k] for k in ENTRY_KEYS})} "

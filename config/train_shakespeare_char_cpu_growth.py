@@ -29,6 +29,7 @@ n_hidden = 256
 dropout = 0.0
 
 learning_rate = 1e-3
+lr_schedule = 'wsd'  # growth in the stable phase meets the peak lr
 max_iters = 5000
 lr_decay_iters = 5000
 min_lr = 1e-4

@@ -12,6 +12,7 @@ Growth operations (issues 3 and 4) on tiny CPU models, fp32, dropout 0:
   val loss re-measured after a function-preserving op equals the one before it.
 """
 
+import copy
 from dataclasses import asdict
 
 import numpy as np
@@ -701,3 +702,56 @@ def test_train_run_with_growth_schedule(tmp_path):
                               n_hidden=256, bias=False))
     assert evals[80]['flops'] - evals[70]['flops'] == final.flops_per_token() * 10 * 8 * 32
     assert evals[80]['tokens'] == 80 * 8 * 32
+
+
+# ------------------------------------------------------------------ symmetry-breaking widen_mlp
+
+def test_widen_noise_cancels_to_first_order():
+    """Noise on the replicas' incoming weights sums to zero over each unit's copies (weighted by their
+    outgoing shares): the function changes at second order, 100x less for 10x less noise."""
+    model = perturb(tiny())
+    before = logits_of(model)
+    diffs = {}
+    for noise in (0.1, 0.01):
+        grown = copy.deepcopy(model)
+        lineage = grown.widen_mlp(144, gen(), noise)
+        diffs[noise] = max_diff(before, logits_of(grown))
+        for i, block in enumerate(grown.transformer.h):
+            index = lineage[f'transformer.h.{i}.mlp.c_fc.weight'][2]
+            old_fc = model.transformer.h[i].mlp.c_fc.weight
+            new_fc, new_proj = block.mlp.c_fc.weight, block.mlp.c_proj.weight
+            old_proj = model.transformer.h[i].mlp.c_proj.weight
+            share = (new_proj / old_proj[:, index]).mean(0)
+            eps = new_fc - old_fc[index]
+            weighted = torch.zeros_like(old_fc).index_add_(0, index, eps * share[:, None])
+            assert weighted.abs().max() < 1e-6
+            assert (eps.norm(dim=1) > 0).all()  # every unit has copies here (64 -> 144), so all rows move
+            rms = old_fc.pow(2).mean().sqrt()
+            assert 0.3 * noise * rms < eps.std() < 1.5 * noise * rms
+    assert 0 < diffs[0.01] < 1e-4 and diffs[0.1] > 20 * diffs[0.01], diffs
+
+
+def best_match_cosine(fc_weight, n_old):
+    """For each new unit of a widened c_fc weight, its cosine with the closest original unit; the mean."""
+    new, old = torch.nn.functional.normalize(fc_weight[n_old:], dim=1), torch.nn.functional.normalize(fc_weight[:n_old], dim=1)
+    return (new @ old.T).max(1).values.mean().item()
+
+
+def test_widen_noise_in_a_real_run_makes_replicas_learn_apart(tmp_path):
+    write_char_data(tmp_path / 'data')
+    cosines, ops = {}, {}
+    for label, value in (('exact', 2.0), ('noise', {'factor': 2.0, 'noise': 1.0})):
+        schedule = write_schedule(tmp_path / f'{label}.json', [('widen_mlp', value, 0.0, 20, True)])
+        out = tmp_path / label
+        result = run_train(train_args(tmp_path / 'data', out, scaling_schedule_file=schedule, max_iters=120,
+                                      n_hidden=32, batch_size=8, learning_rate=3e-3, lr_decay_iters=120))
+        assert result.returncode == 0, describe_run(result)
+        ops[label] = next(e for e in read_events(out) if e['event'] == 'op')
+        weights = torch.load(out / 'ckpt.pt', weights_only=True)['model']
+        cosines[label] = best_match_cosine(weights['transformer.h.0.mlp.c_fc.weight'], 32)
+    exact, noisy = ops['exact'], ops['noise']
+    assert exact['val_loss_after'] == exact['val_loss_before']
+    assert 0 < abs(noisy['val_loss_after'] - noisy['val_loss_before']) <= 1e-3, noisy
+    assert noisy['value'] == {'factor': 2.0, 'noise': 1.0} and noisy['changes']['n_hidden'] == [32, 64]
+    # 100 steps after the op, exact replicas still point where their sources do; noisy ones less so
+    assert cosines['exact'] > 0.9 and cosines['noise'] < cosines['exact'] - 0.1, cosines

@@ -214,3 +214,29 @@ def test_grown_checkpoint_rebuilds_the_model(runs, monkeypatch):
     torch.manual_seed(0)
     sample = model.generate(torch.zeros((1, 1), dtype=torch.long), 20)
     assert sample.shape == (1, 21) and 0 <= int(sample.min()) and int(sample.max()) < config.vocab_size
+
+
+def test_resume_keeps_the_slope_history(tmp_path):
+    """A slope-triggered entry straddling the resume point fires at the same eval: the evals since the
+    previous op (flops, val loss) are in the checkpoint. -1e9 fires at the third eval with flops > 0."""
+    data = tmp_path / 'data'
+    write_char_data(data)
+    schedule = write_schedule(tmp_path / 'slope.json', [
+        dict(name='change_lr', value=0.5, trigger_loss=0.0, max_wait_iters=10**6, reevaluate=False,
+             trigger_slope=-1e9)])
+
+    def args(out, **overrides):
+        return train_args(data, out, scaling_schedule_file=schedule, always_save_checkpoint=True, **overrides)
+
+    for name, iters in (('full', 40), ('half', 20)):
+        result = run_train(args(tmp_path / name, max_iters=iters))
+        assert result.returncode == 0, describe_run(result)
+    evals = {e['iter']: e for e in read_events(tmp_path / 'half') if e['event'] == 'eval'}
+    assert load(tmp_path / 'half' / 'ckpt.pt')['orchestrator']['evals_since_op'] == \
+        [[evals[it]['flops'], evals[it]['val_loss']] for it in (0, 10, 20)]
+    result = run_train(args(tmp_path / 'half', max_iters=40, init_from='resume'))
+    assert result.returncode == 0, describe_run(result)
+    full_events = read_events(tmp_path / 'full')
+    assert [(e['iter'], e['reason']) for e in full_events if e['event'] == 'op'] == [(30, 'slope')]
+    assert without_elapsed(read_events(tmp_path / 'half')) == without_elapsed(full_events)
+    assert 'Trigger reason: slope.' in result.stdout
