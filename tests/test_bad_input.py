@@ -130,7 +130,7 @@ ENTRY_CASES = [
      f"entry 0, field 'reevaluate': missing (every entry has {KEYS})", {}),
     ('unknown_key_suggests', 'json',
      [{**{k: v for k, v in E('change_lr', 0.5).items() if k != 'max_wait_iters'}, 'max_wait_iter': 10}],
-     f"entry 0, field 'max_wait_iter': unknown key (did you mean 'max_wait_iters'?); expected exactly {KEYS}", {}),
+     f"entry 0, field 'max_wait_iter': unknown key (did you mean 'max_wait_iters'?); expected exactly {KEYS}, optionally trigger_slope", {}),
     ('trigger_loss_string', 'yaml', [E('change_lr', 0.5, trigger_loss='low')],
      "entry 0, field 'trigger_loss': expected a finite number, got 'low' (str)", {}),
     ('trigger_loss_nan', 'yaml', [E('change_lr', 0.5, trigger_loss=float('nan'))],
