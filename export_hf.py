@@ -42,26 +42,37 @@ def run_tokenizer(checkpoint):
         return None
 
 
+def has_tokenizer_files(folder):
+    # transformers reads a GPT-2 tokenizer from tokenizer.json, or from vocab.json and merges.txt
+    return any(all(os.path.isfile(os.path.join(folder, name)) for name in names)
+               for names in (('tokenizer.json',), ('vocab.json', 'merges.txt')))
+
+
 def find_gpt2_tokenizer(checkpoint, vocab_size, given):
     """(tokenizer, where it came from) from local files only: the folder given, else the folder the run
-    was imported from, else the Hugging Face cache; or (None, why not)."""
+    was imported from, else the Hugging Face cache of 'gpt2'; or (None, why not)."""
     transformers = import_transformers()
+    if given and not has_tokenizer_files(given):
+        raise train.UserError(f"tokenizer_dir: no tokenizer files in {given} "
+                              "(tokenizer.json, or vocab.json and merges.txt)")
     init_from = checkpoint['config']['init_from']
-    sources = [given] if given else [s for s in (init_from, 'gpt2') if s == 'gpt2' or os.path.isdir(s)]
+    if given:
+        sources = [given]
+    else:
+        sources = ([init_from] if has_tokenizer_files(init_from) else []) + ['gpt2']
     for source in sources:
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
+            tokenizer = transformers.GPT2TokenizerFast.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError) as e:
             if given:
-                raise train.UserError(f"tokenizer_dir: no tokenizer readable in {given} "
-                                      f"({str(e).strip().splitlines()[0]})") from None
+                raise train.UserError(f"tokenizer_dir: {given}: {str(e).strip().splitlines()[0]}") from None
             continue
         if len(tokenizer) > vocab_size:
             raise train.UserError(f"the tokenizer in {source} has {len(tokenizer)} tokens, more than the model's "
                                   f"vocabulary of {vocab_size}")
         return tokenizer, source
-    return None, (f"none found locally in {' or '.join(sources)} (the Hugging Face cache for 'gpt2'); "
-                  "pass --tokenizer_dir, or copy GPT-2's tokenizer files into the folder")
+    return None, ("no GPT-2 tokenizer files at hand (none in the run's init_from folder nor in the Hugging Face "
+                  "cache of 'gpt2'); pass --tokenizer_dir=FOLDER, or copy them into the export")
 
 
 def exportable_model(checkpoint, path):

@@ -1103,6 +1103,9 @@ def model_config_from_hf(meta):
     """init_from names GPT-2 weights: the model keys they fix (shape, bias, activation, vocabulary) come
     from them; a key the config sets off its default must agree. block_size may crop the positions;
     dropout and LoRA are free."""
+    if init_from in GPT2_HUB_NAMES and meta.get('tokenizer') != 'gpt2':
+        raise UserError(f"data: {init_from} reads GPT-2 BPE tokens, but {data_path()}/meta.pkl says tokenizer "
+                        f"{meta.get('tokenizer')!r}; prepare the data with the gpt2 tokenizer")
     with hf_errors():
         hf_config = import_transformers().AutoConfig.from_pretrained(init_from)
         args = hf_model_args(hf_config, **{k: globals()[k] for k in HF_FREE_KEYS})
@@ -1114,9 +1117,6 @@ def model_config_from_hf(meta):
     if meta['vocab_size'] > args['vocab_size']:
         raise UserError(f"data: meta.pkl's vocab_size {meta['vocab_size']} is larger than the vocabulary of "
                         f"{init_from} ({args['vocab_size']} tokens)")
-    if init_from in GPT2_HUB_NAMES and meta.get('tokenizer') != 'gpt2':
-        raise UserError(f"data: {init_from} reads GPT-2 BPE tokens, but {data_path()}/meta.pkl says tokenizer "
-                        f"{meta.get('tokenizer')!r}; prepare the data with the gpt2 tokenizer")
     return GPTConfig(**args)
 
 
