@@ -14,9 +14,9 @@ Masked structural growth (MSG): new structure is multiplied by `growth_mask`, a 
 train.py raises from 0 to 1; at 0 the network computes exactly what it computed before.
 config.ramp says which structure is masked; fold_ramp() drops the mask once it is 1.
 
-Hugging Face interop (GPT.from_hf, load_hf_state_dict, hf_state_dict, hf_config_args): GPT-2
+Hugging Face interop (GPT.from_hf, GPT.to_hf and their helpers): GPT-2
 weights from transformers in and out. transformers is optional (requirements-hf.txt) and only
-imported by the functions that read Hugging Face files.
+imported by from_hf and to_hf.
 """
 
 import copy
