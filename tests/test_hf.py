@@ -222,7 +222,8 @@ def test_import_refuses_what_this_gpt_cannot_compute(hf_run, monkeypatch, tmp_pa
     cases = [(dict(activation_function='gelu'), dict(activation='gelu_tanh'),
               contradiction('activation', 'gelu_tanh', 'gelu')),
              (dict(vocab_size=data[1] - 1), {},
-              f"data: meta.pkl's vocab_size {data[1]} is larger than the vocabulary of {{folder}} ({data[1] - 1} tokens)"),
+              f"data: meta.pkl's vocab_size {data[1]} is larger than the vocabulary of {{folder}} "
+              f"({data[1] - 1} tokens)"),
              (dict(activation_function='relu'), {},
               "init_from='{folder}': activation_function 'relu' is not one this GPT has (gelu_new, gelu_pytorch_tanh, "
               "gelu)"),
