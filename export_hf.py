@@ -98,35 +98,41 @@ def exportable_model(checkpoint, path):
 
 
 def export(run_dir, folder, tokenizer_from=''):
-    """Write the run's model (and tokenizer, see find_gpt2_tokenizer) into folder as a GPT2LMHeadModel."""
+    """Write the run's model (and tokenizer, see find_gpt2_tokenizer) into folder as a GPT2LMHeadModel.
+    Everything is checked before anything is written."""
+    try:
+        import_transformers()
+    except ImportError as e:
+        raise train.UserError(str(e)) from None
     path = os.path.join(run_dir, 'ckpt.pt')
     if not os.path.isfile(path):
         raise train.UserError(f"out_dir: no checkpoint at {path}")
     checkpoint = train.load_checkpoint(path)
     model = exportable_model(checkpoint, path)
-    tokens = run_tokenizer(checkpoint)
     vocab_size = model.config.vocab_size
+    tokens = run_tokenizer(checkpoint)
+    tokenizer = None
+    if tokens == 'gpt2':
+        tokenizer, where = find_gpt2_tokenizer(checkpoint, vocab_size, tokenizer_from)
+        note = f"GPT-2 BPE from {where}" if tokenizer is not None else f"not written, {where}"
+    elif tokenizer_from:
+        raise train.UserError(f"tokenizer_dir: the run's tokens are {tokens or 'unknown (no meta.pkl)'}, "
+                              "not GPT-2 BPE, so a GPT-2 tokenizer does not belong with it")
+    else:
+        note = f"not written (the run's tokens are {tokens or 'unknown: no meta.pkl'}, not GPT-2 BPE)"
     eos = GPT2_EOS if tokens == 'gpt2' and vocab_size > GPT2_EOS else None
-    try:
-        hf_model = model.to_hf(bos_token_id=eos, eos_token_id=eos)
-    except ImportError as e:
-        raise train.UserError(str(e)) from None
+    hf_model = model.to_hf(bos_token_id=eos, eos_token_id=eos)
+
     os.makedirs(folder, exist_ok=True)
     hf_model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
     c = model.config
     print(f"wrote {folder}: GPT2LMHeadModel, n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd}, "
           f"n_inner {c.n_hidden}, vocab {vocab_size}, positions {c.block_size}, activation "
           f"{hf_model.config.activation_function}, {model.get_num_params() / 1e6:.2f}M parameters, "
           f"from iter {checkpoint['iter_num']}")
-    if tokens != 'gpt2':
-        print(f"tokenizer: not written (the run's tokens are {tokens or 'unknown: no meta.pkl'}, not GPT-2 BPE)")
-        return
-    tokenizer, where = find_gpt2_tokenizer(checkpoint, vocab_size, tokenizer_from)
-    if tokenizer is None:
-        print(f"tokenizer: not written, {where}")
-        return
-    tokenizer.save_pretrained(folder)
-    print(f"tokenizer: GPT-2 BPE from {where}")
+    print(f"tokenizer: {note}")
 
 
 if __name__ == '__main__':

@@ -244,10 +244,11 @@ def test_import_refuses_what_this_gpt_cannot_compute(hf_run, monkeypatch, tmp_pa
     assert refused(train.check_inputs) == f"init_from='{llama}': model_type is 'llama', this GPT imports 'gpt2' only"
 
 
-def test_missing_transformers_is_one_message(hf_run, monkeypatch, hf_folder):
+def test_missing_transformers_is_one_message(hf_run, monkeypatch, hf_folder, tmp_path):
     monkeypatch.setitem(sys.modules, 'transformers', None)  # `import transformers` now raises ImportError
-    assert refused(train.check_inputs) == (f"init_from='{hf_folder[0]}': Hugging Face GPT-2 weights need the "
-                                           "transformers package: pip install -r requirements-hf.txt")
+    missing = "Hugging Face GPT-2 weights need the transformers package: pip install -r requirements-hf.txt"
+    assert refused(train.check_inputs) == f"init_from='{hf_folder[0]}': {missing}"
+    assert refused(export_hf.export, str(tmp_path), str(tmp_path / 'hf')) == missing  # before anything else
 
 
 def test_train_from_import_and_stack(tmp_path, monkeypatch, data, hf_folder):
@@ -313,6 +314,9 @@ def test_export_matches_our_logits(tmp_path, data, case):
 
     export(out, tmp_path / 'hf')
     assert sorted(os.listdir(tmp_path / 'hf')) == ['config.json', 'generation_config.json', 'model.safetensors']
+    if case == 'trained':  # a char-level run takes no GPT-2 tokenizer
+        assert refused(export, out, tmp_path / 'hf2', str(tmp_path)) == (
+            "tokenizer_dir: the run's tokens are char, not GPT-2 BPE, so a GPT-2 tokenizer does not belong with it")
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'hf')
     hc = exported.config
     assert (hc.n_layer, hc.n_inner, hc.activation_function, hc.vocab_size) == (n_layer, n_inner, activation, data[1])
@@ -377,3 +381,9 @@ def test_round_trip_and_tokenizer(tmp_path, data):
     tokenizer = transformers.GPT2TokenizerFast.from_pretrained(tmp_path / 'hf', local_files_only=True)
     assert len(tokenizer) == n_tokens and tokenizer('hi there\n').input_ids == [96, 94, 83, 71, 68, 81, 68, 95]
     assert exported.config.eos_token_id is None  # GPT-2's 50256 is not in a 128-token vocabulary
+    # --tokenizer_dir: a folder with tokenizer files is taken, one without is refused before anything is written
+    export(out, tmp_path / 'hf2', str(tmp_path / 'hf'))
+    assert transformers.GPT2TokenizerFast.from_pretrained(tmp_path / 'hf2')('hi there\n').input_ids[0] == 96
+    assert refused(export, out, tmp_path / 'hf3', str(gpt2_data)) == (
+        f"tokenizer_dir: no tokenizer files in {gpt2_data} (tokenizer.json, or vocab.json and merges.txt)")
+    assert not os.path.exists(tmp_path / 'hf3')
