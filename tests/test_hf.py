@@ -342,6 +342,10 @@ def test_export_refusals(tmp_path, data):
         "GPT-2 has no mask; train on until the msg_add_heads mask reaches 1 at iter 110 (init_from='resume' with "
         "max_iters at least that; the ramp then folds away) and export that checkpoint\n")
     assert not os.path.exists(tmp_path / 'hf')
+    no_folder = subprocess.run([sys.executable, 'export_hf.py', f'--out_dir={out}'], cwd=REPO, env=train_env(),
+                               capture_output=True, text=True, timeout=300)
+    assert (no_folder.returncode, no_folder.stderr) == (2, "error: hf_dir: give the folder to write, e.g. "
+                                                           "--hf_dir=hf-model\n")
 
     out = tmp_path / 'heads'
     schedule = write_schedule(tmp_path / 'heads.json', [('msg_add_heads', dict(heads, anneal_iters=5), 0.0, 10, False)])
