@@ -13,6 +13,10 @@ train.py carries AdamW's moments through this lineage (see carry_optimizer_state
 Masked structural growth (MSG): new structure is multiplied by `growth_mask`, a scalar that
 train.py raises from 0 to 1; at 0 the network computes exactly what it computed before.
 config.ramp says which structure is masked; fold_ramp() drops the mask once it is 1.
+
+Hugging Face interop (GPT.from_hf, GPT.to_hf and their helpers): GPT-2
+weights from transformers in and out. transformers is optional (requirements-hf.txt) and only
+imported by from_hf and to_hf.
 """
 
 import copy
@@ -26,6 +30,8 @@ from torch.nn import functional as F
 
 LN_EPS = 1e-5
 INIT_STD = 0.02
+# the mlp's GELU: 'gelu' exact (this repository's models), 'gelu_tanh' the tanh approximation (GPT-2's)
+ACTIVATIONS = ('gelu', 'gelu_tanh')
 
 
 @dataclass
@@ -43,8 +49,11 @@ class GPTConfig:
     embedding_lora_rank: int = 0  # 0 = no adapter on the token embedding (and tied head)
     lora_alpha: float = 1.0
     ramp: dict = None  # the MSG growth still masked: {'kind': 'mlp'|'heads'|'layers'|'embd', ...}
+    activation: str = 'gelu'  # one of ACTIVATIONS; checkpoints from before this key ran exact GELU
 
     def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.n_hidden == 0:
             self.n_hidden = 4 * self.n_embd
         if self.head_size == 0:
@@ -200,10 +209,11 @@ class MLP(nn.Module):
         self.c_fc = Linear(config.n_embd, config.n_hidden, config.bias)
         self.c_proj = Linear(config.n_hidden, config.n_embd, config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = 'tanh' if config.activation == 'gelu_tanh' else 'none'
         self.n_unmasked = 0  # > 0 while the hidden units from n_unmasked on are masked
 
     def forward(self, x, mask):
-        h = F.gelu(self.c_fc(x))
+        h = F.gelu(self.c_fc(x), approximate=self.approximate)
         if self.n_unmasked:
             h = h * ramp_vector(h.shape[-1], self.n_unmasked, mask)
         return self.dropout(self.c_proj(h))
@@ -350,6 +360,82 @@ class GPT(nn.Module):
             idx_next = torch.multinomial(probs, num_samples=1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
+
+    # ---------------------------------------------------------------- Hugging Face GPT-2
+
+    @classmethod
+    def from_hf(cls, name_or_path, **overrides):
+        """GPT-2 through transformers: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl; fetched once
+        into the Hugging Face cache) or a local folder written by save_pretrained. The weights fix the
+        shape; overrides may set the keys they leave free (HF_FREE_KEYS)."""
+        transformers = import_transformers()
+        hf_config = transformers.AutoConfig.from_pretrained(name_or_path)
+        config = GPTConfig(**hf_model_args(hf_config, **overrides))  # refuses before the weights load
+        hf_model = transformers.GPT2LMHeadModel.from_pretrained(name_or_path, config=hf_config)
+        model = cls(config)
+        model.load_hf_state_dict(hf_model.state_dict())
+        return model
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, hf_state):
+        """Copy in the weights of a transformers GPT2LMHeadModel of this shape. Its Conv1D weights are
+        stored transposed (in x out); its position table is cropped to block_size. LoRA adapters, if
+        any, are left as they are (a fresh adapter adds nothing)."""
+        ours = [name for name, _ in self.named_parameters() if '.lora_' not in name]
+        missing = [name for name in ours if name not in hf_state]
+        if missing:
+            raise ValueError(f"the Hugging Face weights have no {missing[0]}")
+        for name in ours:
+            p, w = self.get_parameter(name), hf_state[name].float()
+            if name.endswith(HF_CONV1D):
+                w = w.t()
+            if name == 'transformer.wpe.weight':
+                w = w[:self.config.block_size]
+            if w.shape != p.shape:
+                raise ValueError(f"{name}: the Hugging Face weight has shape {tuple(w.shape)}, "
+                                 f"this model's {tuple(p.shape)}")
+            p.copy_(w)
+
+    def hf_config_args(self):
+        """transformers GPT2Config arguments for this model. GPT-2 cannot express LoRA adapters (merge
+        them first), an MSG mask, or an attention width (heads x head size) other than n_embd."""
+        c = self.config
+        if c.attn_lora_rank or c.embedding_lora_rank:
+            raise ValueError("LoRA adapters are on; merge them into the weights first")
+        if c.ramp:
+            raise ValueError(f"an MSG mask ramp ({c.ramp['kind']}) is still active, and GPT-2 has no mask")
+        if c.n_head * c.head_size != c.n_embd:
+            raise ValueError(f"the attention width n_head x head_size = {c.n_head} x {c.head_size} = "
+                             f"{c.n_head * c.head_size} differs from n_embd = {c.n_embd}, and GPT-2's "
+                             "attention is always n_embd wide (head size n_embd / n_head)")
+        return dict(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                    n_head=c.n_head, n_inner=None if c.n_hidden == 4 * c.n_embd else c.n_hidden,
+                    activation_function=HF_ACTIVATION_NAMES[c.activation], resid_pdrop=c.dropout,
+                    embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=LN_EPS, tie_word_embeddings=True,
+                    bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 only with its tokenizer
+
+    def hf_state_dict(self):
+        """The weights under transformers' GPT2LMHeadModel names: Conv1D weights transposed, zero biases
+        where this model has none (bias=False), the head tied to the token embedding."""
+        state = {}
+        for name, module in self.named_modules():
+            if isinstance(module, (Linear, LayerNorm)):
+                w = module.weight
+                state[f'{name}.weight'] = w.t() if isinstance(module, Linear) else w
+                state[f'{name}.bias'] = module.bias if module.bias is not None else w.new_zeros(w.shape[0])
+        state['transformer.wte.weight'] = state['lm_head.weight'] = self.transformer.wte.weight
+        state['transformer.wpe.weight'] = self.transformer.wpe.weight
+        return {name: t.detach().float().contiguous().clone() for name, t in state.items()}
+
+    @torch.no_grad()
+    def to_hf(self, **config_extra):
+        """This model as a transformers GPT2LMHeadModel (fp32, eval mode); config_extra overrides its
+        GPT2Config arguments (e.g. bos_token_id, eos_token_id)."""
+        transformers = import_transformers()
+        hf_config = transformers.GPT2Config(**dict(self.hf_config_args(), **config_extra))
+        hf_model = transformers.GPT2LMHeadModel(hf_config)
+        hf_model.load_state_dict(self.hf_state_dict())
+        return hf_model.eval()
 
     # ---------------------------------------------------------------- growth
 
@@ -596,3 +682,53 @@ class GPT(nn.Module):
             block.attn.n_unmasked_heads = n_unmasked if kind == 'heads' else 0
             block.ln_1.n_unmasked = block.ln_2.n_unmasked = n_unmasked if kind == 'embd' else 0
         self.transformer.ln_f.n_unmasked = n_unmasked if kind == 'embd' else 0
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face GPT-2: names and checks (transformers itself is imported only when weights are read)
+
+GPT2_HUB_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
+# transformers' activation_function -> ours, and the name export writes for each of ours
+HF_ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu'}
+HF_ACTIVATION_NAMES = {'gelu_tanh': 'gelu_new', 'gelu': 'gelu'}
+# transformers' GPT-2 stores these as Conv1D weights, (in, out): ours are (out, in)
+HF_CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+# the model keys that imported weights leave free; every other one comes from the weights
+HF_FREE_KEYS = ('block_size', 'dropout', 'attn_lora_rank', 'embedding_lora_rank', 'lora_alpha')
+
+
+def import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("Hugging Face GPT-2 weights need the transformers package: "
+                          "pip install -r requirements-hf.txt") from None
+    return transformers
+
+
+def hf_model_args(hf_config, **overrides):
+    """GPTConfig arguments for a transformers GPT-2 config: the shape and activation come from it, the
+    keys in HF_FREE_KEYS from overrides (block_size may crop the position table, not extend it).
+    ValueError, naming the field, for anything this GPT does not compute the same way."""
+    if hf_config.model_type != 'gpt2':
+        raise ValueError(f"model_type is '{hf_config.model_type}', this GPT imports 'gpt2' only")
+    if hf_config.activation_function not in HF_ACTIVATIONS:
+        raise ValueError(f"activation_function '{hf_config.activation_function}' is not one this GPT has "
+                         f"({', '.join(HF_ACTIVATIONS)})")
+    for field, expected in (('layer_norm_epsilon', LN_EPS), ('scale_attn_weights', True),
+                            ('scale_attn_by_inverse_layer_idx', False), ('add_cross_attention', False),
+                            ('tie_word_embeddings', True)):
+        if getattr(hf_config, field, expected) != expected:
+            raise ValueError(f"{field} is {getattr(hf_config, field)!r}; this GPT computes {field} = {expected!r}")
+    fixed = [key for key in overrides if key not in HF_FREE_KEYS]
+    if fixed:
+        raise ValueError(f"{fixed[0]} comes from the weights; only {', '.join(HF_FREE_KEYS)} may be set")
+    n_embd = hf_config.n_embd
+    args = dict(n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=n_embd,
+                n_hidden=hf_config.n_inner or 4 * n_embd, head_size=n_embd // hf_config.n_head, bias=True,
+                vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
+                activation=HF_ACTIVATIONS[hf_config.activation_function], dropout=0.0)
+    if overrides.get('block_size', args['block_size']) > args['block_size']:
+        raise ValueError(f"block_size {overrides['block_size']} is longer than the weights' n_positions "
+                         f"{args['block_size']}: the position table can be cropped, not extended")
+    return dict(args, **overrides)

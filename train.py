@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, configure
-from model import GPT, GPTConfig
+from model import ACTIVATIONS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, GPTConfig, hf_model_args, import_transformers
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -40,7 +40,7 @@ log_interval = 1
 eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
-init_from = 'scratch'  # 'scratch' or 'resume'
+init_from = 'scratch'  # 'scratch', 'resume', or GPT-2 weights: 'gpt2'..'gpt2-xl' or a Hugging Face GPT-2 folder
 # wandb logging
 wandb_log = False  # disabled by default
 wandb_project = 'owt'
@@ -62,6 +62,7 @@ bias = False  # do we use bias inside LayerNorm and Linear layers?
 attn_lora_rank = 0  # LoRA adapters on the attention projections (0 = off)
 embedding_lora_rank = 0  # LoRA adapter on the token embedding and tied head (0 = off)
 lora_alpha = 1.0
+activation = 'gelu'  # the mlp's GELU: 'gelu' (exact) or 'gelu_tanh' (GPT-2's tanh approximation)
 # adamw optimizer
 learning_rate = 6e-4  # max learning rate
 max_iters = 600000  # total number of training iterations
@@ -93,6 +94,7 @@ trigger_slope_evals = 3  # trigger_slope: fit the slope over this many most rece
 check_rank_consistency = True  # DDP: compare a parameter checksum across ranks after every growth op
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+config_defaults = {k: globals()[k] for k in config_keys}  # a model key off its default must agree with imported weights
 # -----------------------------------------------------------------------------
 # orchestrator state: everything the schedule changes lives here, and is checkpointed
 lr_multiplier = 1.0  # scales learning_rate and min_lr
@@ -1040,8 +1042,11 @@ def setup_runtime():
 def check_inputs():
     """Everything the user gave us, checked before anything is built or written.
     Returns (model config, checkpoint or None, plan); sets the orchestrator state."""
-    for key, allowed in (('init_from', ('scratch', 'resume')), ('growth_optimizer_state', ('carry', 'reset')),
-                         ('dtype', ('float32', 'bfloat16', 'float16')), ('lr_schedule', ('cosine', 'wsd'))):
+    if init_from not in ('scratch', 'resume') + GPT2_HUB_NAMES and not os.path.isdir(init_from):
+        raise UserError(f"init_from: expected scratch, resume, {', '.join(GPT2_HUB_NAMES)} or a Hugging Face GPT-2 "
+                        f"folder, got {init_from!r} (no such folder)")
+    for key, allowed in (('growth_optimizer_state', ('carry', 'reset')), ('dtype', ('float32', 'bfloat16', 'float16')),
+                         ('lr_schedule', ('cosine', 'wsd')), ('activation', ACTIVATIONS)):
         if globals()[key] not in allowed:
             raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
     if trigger_slope_evals < 2:
@@ -1061,7 +1066,8 @@ def check_inputs():
     meta = check_data()
     checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt')) if init_from == 'resume' else None
     if checkpoint is None:
-        model_config = model_config_from_globals(meta['vocab_size'])
+        model_config = model_config_from_globals(meta['vocab_size']) if init_from == 'scratch' else \
+            model_config_from_hf(meta)
         reset_orchestrator(load_schedule_file(scaling_schedule_file) if scaling_schedule_file else [])
     else:
         model_config = GPTConfig(**checkpoint['model_args'])
@@ -1078,9 +1084,40 @@ def model_config_from_globals(vocab_size):
         return GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_hidden=n_hidden, head_size=head_size,
                          block_size=block_size, bias=bias, vocab_size=vocab_size, dropout=dropout,
                          attn_lora_rank=attn_lora_rank, embedding_lora_rank=embedding_lora_rank,
-                         lora_alpha=lora_alpha)
+                         lora_alpha=lora_alpha, activation=activation)
     except ValueError as e:
         raise UserError(f"config: {e}") from None
+
+
+@contextmanager
+def hf_errors():
+    """transformers' errors (no such model, no network, not installed) and the import's refusals, as one
+    message naming init_from."""
+    try:
+        yield
+    except (ImportError, OSError, ValueError) as e:
+        raise UserError(f"init_from={init_from!r}: {str(e).strip().splitlines()[0]}") from None
+
+
+def model_config_from_hf(meta):
+    """init_from names GPT-2 weights: the model keys they fix (shape, bias, activation, vocabulary) come
+    from them; a key the config sets off its default must agree. block_size may crop the positions;
+    dropout and LoRA are free."""
+    if init_from in GPT2_HUB_NAMES and meta.get('tokenizer') != 'gpt2':
+        raise UserError(f"data: {init_from} reads GPT-2 BPE tokens, but {data_path()}/meta.pkl says tokenizer "
+                        f"{meta.get('tokenizer')!r}; prepare the data with the gpt2 tokenizer")
+    with hf_errors():
+        hf_config = import_transformers().AutoConfig.from_pretrained(init_from)
+        args = hf_model_args(hf_config, **{k: globals()[k] for k in HF_FREE_KEYS})
+    for key in ('n_layer', 'n_head', 'n_embd', 'n_hidden', 'head_size', 'bias', 'activation'):
+        if globals()[key] not in (config_defaults[key], args[key]):
+            raise UserError(f"config: {key} = {globals()[key]!r} contradicts the weights of {init_from} ({key} = "
+                            f"{args[key]!r}); an imported model's shape comes from its weights: leave {key} out "
+                            "of the config (the schedule can grow the model)")
+    if meta['vocab_size'] > args['vocab_size']:
+        raise UserError(f"data: meta.pkl's vocab_size {meta['vocab_size']} is larger than the vocabulary of "
+                        f"{init_from} ({args['vocab_size']} tokens)")
+    return GPTConfig(**args)
 
 
 def build_optimizer():
@@ -1104,7 +1141,11 @@ def wrap_model():
 
 def build_run(model_config, checkpoint):
     global model, scaler, progress
-    model = GPT(model_config).to(device)
+    if checkpoint is None and init_from not in ('scratch', 'resume'):  # GPT-2 weights, checked by check_inputs
+        with hf_errors():
+            model = GPT.from_hf(init_from, **{k: getattr(model_config, k) for k in HF_FREE_KEYS}).to(device)
+    else:
+        model = GPT(model_config).to(device)
     build_optimizer()
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16' and device_type == 'cuda'))
     progress = dict(iter_num=0, tokens=0, flops=0, eval_flops=0, best_val_loss=1e9, next_eval_iter=0)

@@ -403,7 +403,8 @@ def test_config_file_not_found(tmp_path):
 
 
 CONFIG_VALUE_CASES = [
-    ('init_from', dict(init_from='resum'), "init_from: expected one of scratch, resume, got 'resum'"),
+    ('init_from', dict(init_from='resum'), "init_from: expected scratch, resume, gpt2, gpt2-medium, gpt2-large, "
+     "gpt2-xl or a Hugging Face GPT-2 folder, got 'resum' (no such folder)"),
     ('dtype', dict(dtype='fp16'), "dtype: expected one of float32, bfloat16, float16, got 'fp16'"),
     ('optimizer_policy', dict(growth_optimizer_state='keep'),
      "growth_optimizer_state: expected one of carry, reset, got 'keep'"),
