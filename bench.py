@@ -77,10 +77,10 @@ def main(argv):
         warmup = step < config['warmup_steps']
         if not warmup:
             times.append(dt)
-            tokens = step_tokens
+            tokens, flops = step_tokens, train.step_flops(step_tokens, micro_steps)
         print(f"step {step}: loss {lossf:.4f}, {dt * 1000:.2f}ms{' (warmup)' if warmup else ''}")
     seconds = sum(times) / len(times)
-    mfu = train.model.estimate_mfu(tokens, seconds)
+    mfu = train.per_gpu_mfu(flops, seconds)
     print(f"ms/iter {seconds * 1000:.2f}, tokens/s {tokens / seconds:.0f}, mfu {mfu * 100:.4g}%")
 
 

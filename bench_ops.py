@@ -3,12 +3,18 @@ Wall time of each growth operation on a GPT-2 124M-sized model (CPU by default),
 runs it: the op itself, the optimizer rebuilt and its state carried over (execute_operation with
 rebuild_after_growth). Every op starts from a fresh model whose optimizer holds real state.
 
+Each op is also measured against its floor, timed in the same run right after it: one clone() of
+every parameter and AdamW moment of the grown model. Any growth op must at least write those once
+into fresh memory; the old tensors are kept alive through both timings, so that the op and the
+floor alike get fresh memory (not memory the op just freed). The last line names the worst ratio.
+
 $ python bench_ops.py
 $ python bench_ops.py --n_layer=2 --n_embd=64 --n_head=2 --vocab_size=65 --block_size=64   # a tiny run
 """
 
 import contextlib
 import io
+import math
 import re
 import sys
 import time
@@ -48,14 +54,31 @@ def model_with_optimizer_state(config, differs):
     train.optimizer.zero_grad(set_to_none=True)
 
 
+def floor_seconds(repeats=3):
+    """The fastest of a few clones of every parameter and AdamW moment of the model as it is now."""
+    tensors = [p.detach() for p in train.model.parameters()]
+    tensors += [state[k] for state in train.optimizer.state.values() for k in ('exp_avg', 'exp_avg_sq') if k in state]
+    best = math.inf
+    for _ in range(repeats):
+        started = time.time()
+        copies = [t.clone() for t in tensors]
+        best = min(best, time.time() - started)
+        del copies
+    return best
+
+
 def main(argv):
     config = configure(argv, DEFAULTS)
     vars(train).update(device=config['device'], compile=False, seed=config['seed'], growth_optimizer_state='carry')
     train.device_type = 'cuda' if 'cuda' in config['device'] else 'cpu'
-    print(f"{'op':<28} {'seconds':>8}  {'params before -> after':>26}  {'state carried':>13}  under 1 s")
+    print(f"{'op':<28} {'seconds':>8}  {'params before -> after':>26}  {'state carried':>13}  under 1 s"
+          f"  {'floor s':>8}  {'x floor':>7}")
+    worst = (0.0, '')
     for name, value, differs in OPS:
         model_with_optimizer_state(config, differs)
         before = train.model.get_num_params()
+        # the old parameters and moments stay alive until the floor is timed (see the top)
+        old = [p for p in train.model.parameters()] + [t for s in train.optimizer.state.values() for t in s.values()]
         entry = dict(name=name, value=value, trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
         train.reset_orchestrator([entry])
         log = io.StringIO()
@@ -63,9 +86,15 @@ def main(argv):
         with contextlib.redirect_stdout(log):  # the op's log block
             train.execute_operation(entry, 'timeout', 0, 0.0, train.rebuild_after_growth)
         seconds = time.time() - started
+        floor = floor_seconds()
+        del old
         carried = re.search(r'optimizer rebuilt: (\d+) of (\d+) tensors', log.getvalue())
+        ratio = seconds / floor
+        worst = max(worst, (ratio, name))
         print(f"{name:<28} {seconds:8.3f}  {before:>11,} -> {train.model.get_num_params():>11,}  "
-              f"{carried[1] + '/' + carried[2]:>13}  {'yes' if seconds < 1 else 'no'}", flush=True)
+              f"{carried[1] + '/' + carried[2]:>13}  {'yes' if seconds < 1 else 'no':>9}  {floor:8.3f}  {ratio:7.2f}",
+              flush=True)
+    print(f"worst_op_ratio={worst[0]:.2f} ({worst[1]})")
 
 
 if __name__ == '__main__':

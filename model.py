@@ -62,15 +62,22 @@ class GPTConfig:
             self.head_size = self.n_embd // self.n_head
 
 
-def ramp_vector(size, n_unmasked, mask):
-    """1 for the first n_unmasked entries, the mask value for the rest."""
+def ramp_vector(like, n_unmasked, mask, dim=-1):
+    """1 for the first n_unmasked entries of like's dimension dim, the mask value for the rest, in
+    like's dtype (under autocast a float32 vector would promote bf16 activations to float32)."""
+    mask = mask.to(like.dtype)
     ones = torch.ones(n_unmasked, device=mask.device, dtype=mask.dtype)
-    return torch.cat([ones, mask.expand(size - n_unmasked)])
+    return torch.cat([ones, mask.expand(like.shape[dim] - n_unmasked)])
 
 
 def fresh_normal(shape, std, generator, like):
     # drawn on the cpu from a seeded generator, so every DDP rank draws the same numbers
-    return (torch.randn(shape, generator=generator) * std).to(device=like.device, dtype=like.dtype)
+    return torch.randn(shape, generator=generator).mul_(std).to(device=like.device, dtype=like.dtype)
+
+
+def with_copies(old, dim, sources):
+    """old, then copies of its slices `sources` along dim."""
+    return torch.cat([old, old.index_select(dim, sources)], dim=dim)
 
 
 def expand_tensor(old, dim, new_size, fresh):
@@ -97,7 +104,7 @@ class LayerNorm(nn.Module):
     def forward(self, x, mask):
         if not self.n_unmasked:
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LN_EPS)
-        channel_weight = ramp_vector(x.shape[-1], self.n_unmasked, mask)
+        channel_weight = ramp_vector(x, self.n_unmasked, mask)
         total = channel_weight.sum()
         mean = (x * channel_weight).sum(-1, keepdim=True) / total
         var = ((x - mean).pow(2) * channel_weight).sum(-1, keepdim=True) / total
@@ -197,7 +204,7 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=True)
         if self.n_unmasked_heads:
-            y = y * ramp_vector(self.n_head, self.n_unmasked_heads, mask).view(1, -1, 1, 1)
+            y = y * ramp_vector(y, self.n_unmasked_heads, mask, dim=1).view(1, -1, 1, 1)
         y = y.transpose(1, 2).contiguous().view(B, T, inner)
         return self.resid_dropout(self.c_proj(y))
 
@@ -215,7 +222,7 @@ class MLP(nn.Module):
     def forward(self, x, mask):
         h = F.gelu(self.c_fc(x), approximate=self.approximate)
         if self.n_unmasked:
-            h = h * ramp_vector(h.shape[-1], self.n_unmasked, mask)
+            h = h * ramp_vector(h, self.n_unmasked, mask)
         return self.dropout(self.c_proj(h))
 
 
@@ -277,7 +284,7 @@ class GPT(nn.Module):
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
         x = F.embedding(idx, head) + self.transformer.wpe(pos)
         if self.transformer.ln_f.n_unmasked:  # residual channels are being widened
-            x = x * ramp_vector(x.shape[-1], self.transformer.ln_f.n_unmasked, mask)
+            x = x * ramp_vector(x, self.transformer.ln_f.n_unmasked, mask)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, mask)
@@ -301,9 +308,10 @@ class GPT(nn.Module):
 
     def matmul_params(self):
         """(trained, frozen) counts of the weights that take part in matmuls per token: the
-        Linear weights, the LoRA adapters and the output head. The head's weight gradient is
+        Linear weights, their LoRA adapters and the output head. The head's weight gradient is
         always computed (embedding adapters train through the effective matrix), so it counts
-        as trained even while the embedding weight is frozen."""
+        as trained even while the embedding weight is frozen. The embedding adapter is not
+        applied per token but formed once per forward (see flops_per_forward)."""
         trained = frozen = 0
         for module in self.modules():
             if isinstance(module, Linear):
@@ -311,8 +319,8 @@ class GPT(nn.Module):
                     trained += module.weight.numel()
                 else:
                     frozen += module.weight.numel()
-            if isinstance(module, AdaptedWeight) and module.lora_rank:
-                trained += module.lora_A.numel() + module.lora_B.numel()
+                if module.lora_rank:
+                    trained += module.lora_A.numel() + module.lora_B.numel()
         trained += self.transformer.wte.weight.numel()
         return trained, frozen
 
@@ -330,9 +338,18 @@ class GPT(nn.Module):
             return 6 * trained + 4 * frozen + 12 * attention
         return 2 * (trained + frozen) + 4 * attention
 
-    def estimate_mfu(self, tokens_per_iter, dt, peak_flops=312e12):
-        """Model flops utilization against a peak (A100 bf16: 312 TFLOPS, like nanoGPT)."""
-        return self.flops_per_token() * tokens_per_iter / dt / peak_flops
+    def flops_per_forward(self, training=True):
+        """Flops paid once per forward pass, whatever its number of tokens: the embedding adapter's
+        product lora_B @ lora_A (vocab x rank x n_embd), formed once and used by every token and by
+        the head; training adds the two products of its backward (the gradients of both factors)."""
+        wte = self.transformer.wte
+        product = 2 * wte.weight.numel() * wte.lora_rank
+        return 3 * product if training else product
+
+    def estimate_mfu(self, flops, dt, peak_flops=312e12):
+        """Model flops utilization of `flops` done in dt seconds on one device, against its peak
+        (A100 bf16: 312 TFLOPS, like nanoGPT)."""
+        return flops / dt / peak_flops
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW over the trainable parameters; every tensor of 2 or more dims is decayed
@@ -542,15 +559,16 @@ class GPT(nn.Module):
             copies = 1 + torch.bincount(index[old_hidden:], minlength=old_hidden).float()
             c = copies[index]
             share = (occurrence + 1) / (c * (c + 1) / 2)
-            device_index = index.to(mlp.c_fc.weight.device)
-            w_fc = mlp.c_fc.weight[device_index]
+            # the old units stay in place as one block; only the replicas are gathered
+            sources = index[old_hidden:].to(mlp.c_fc.weight.device)
+            w_fc = with_copies(mlp.c_fc.weight, 0, sources)
             if noise > 0:
                 w_fc += self._replica_noise(w_fc, index, share, old_hidden, noise, generator)
             mlp.c_fc.weight = nn.Parameter(w_fc)
             if mlp.c_fc.bias is not None:
-                mlp.c_fc.bias = nn.Parameter(mlp.c_fc.bias[device_index])
+                mlp.c_fc.bias = nn.Parameter(with_copies(mlp.c_fc.bias, 0, sources))
             mlp.c_proj.weight = nn.Parameter(
-                mlp.c_proj.weight[:, device_index] * share.to(mlp.c_proj.weight))
+                with_copies(mlp.c_proj.weight, 1, sources).mul_(share.to(mlp.c_proj.weight)))
             prefix = f'transformer.h.{i}.mlp.'
             for name, dim in (('c_fc.weight', 0), ('c_fc.bias', 0), ('c_proj.weight', 1)):
                 if prefix + name in lineage:
@@ -605,14 +623,13 @@ class GPT(nn.Module):
         std_proj = INIT_STD / math.sqrt(2 * self.config.n_layer)
         for i, block in enumerate(self.transformer.h):
             attn, prefix = block.attn, f'transformer.h.{i}.attn.'
-            # c_attn rows are [q | k | v], each old_inner long: grow each third
+            # c_attn rows are [q | k | v], each old_inner long: grow each third, in one copy
             w, parts, indices = attn.c_attn.weight, [], []
             for s in range(3):
-                part, index = self._expand(w[s * old_inner:(s + 1) * old_inner], 0, new_inner,
-                                           fresh_normal((new_inner - old_inner, n_embd), INIT_STD, generator, w))
-                parts.append(part)
-                indices.append(torch.where(index >= 0, index + s * old_inner, index))
-            attn.c_attn.weight = nn.Parameter(torch.cat(parts))
+                parts += [w[s * old_inner:(s + 1) * old_inner],
+                          fresh_normal((new_inner - old_inner, n_embd), INIT_STD, generator, w)]
+                indices += [torch.arange(s * old_inner, (s + 1) * old_inner), torch.full((new_inner - old_inner,), -1)]
+            attn.c_attn.weight = nn.Parameter(torch.cat(parts), requires_grad=w.requires_grad)
             qkv_index = torch.cat(indices)
             lineage[prefix + 'c_attn.weight'] = (prefix + 'c_attn.weight', 0, qkv_index)
             if attn.c_attn.bias is not None:
@@ -646,9 +663,9 @@ class GPT(nn.Module):
                 dim, fresh = 0, torch.full((n_new,), 1.0 if attr == 'weight' else 0.0)
             elif module_name.endswith('c_proj'):  # writes into the residual stream: rows grow
                 dim = 0
-                fresh = torch.zeros(n_new) if attr == 'bias' else torch.randn((n_new, p.shape[1]), generator=generator) * std_proj
+                fresh = torch.zeros(n_new) if attr == 'bias' else torch.randn((n_new, p.shape[1]), generator=generator).mul_(std_proj)
             elif attr == 'weight':  # reads the residual stream (c_attn, c_fc) or is an embedding: columns grow
-                dim, fresh = 1, torch.randn((p.shape[0], n_new), generator=generator) * INIT_STD
+                dim, fresh = 1, torch.randn((p.shape[0], n_new), generator=generator).mul_(INIT_STD)
             else:
                 continue
             new, index = self._expand(p, dim, p.shape[dim] + n_new, fresh.to(p))

@@ -81,7 +81,7 @@ min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinch
 backend = ''  # '' picks nccl for cuda, gloo for cpu
 # system
 device = 'cuda'  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1' or 'mps' on macbooks
-dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16'  # cpu always runs float32
+dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if torch.cuda.is_available() else 'float32'  # 'float32', 'bfloat16' or 'float16' (autocast, fp32 weights)
 compile = True  # use PyTorch 2.0 to compile the model to be faster
 seed = 1337  # each DDP rank adds its rank
 # orchestrator
@@ -343,6 +343,7 @@ class Operation:
     apply: object  # apply(value) -> lineage dict for growth ops, None for hyperparameter ops
     grows: bool = False  # changes the model's parameters (optimizer and wrappers are rebuilt)
     ramp: bool = False  # MSG: starts a mask ramp of value['anneal_iters']
+    keeps_function: bool = True  # False: the model computes another function after it (its val loss changes)
 
 
 def multiplier_ops(multiplier, base_key, label, absolute_check):
@@ -382,6 +383,10 @@ def check_lora_rank(target):
     def check(value, config):
         check_factor(value, 0.0, allow_minimum=True)
         require_lora(config, target)
+        rank = getattr(config, f'{target}_lora_rank')
+        if value > 0 and round(rank * value) == 0:
+            raise BadValue(f"factor {value} rounds {target}_lora_rank {rank} to 0, which would remove the adapters "
+                           f"and train the full weights; to remove LoRA on purpose, give the value 0")
         per_rank = config.vocab_size + config.n_embd if target == 'embedding' else \
             config.n_layer * (2 * config.n_embd + 4 * config.n_head * config.head_size)
         check_new_params(round(getattr(config, f'{target}_lora_rank') * value) * per_rank)
@@ -398,6 +403,10 @@ def check_msg_stack(value, config):
     layer_map = check_key(value, 'layers', check_layer_map, config.n_layer, block_params(config))
     if value.get('init', 'copy') not in ('copy', 'random'):
         raise BadValue(f"init must be 'copy' or 'random', got {describe(value['init'])}")
+    if value.get('init') == 'random' and config.attn_lora_rank:
+        raise BadValue("init 'random' needs attention LoRA off at this point (attn_lora_rank 0): the new layers' "
+                       "random attention weights would be frozen, trained only through the adapters; use init "
+                       "'copy', or remove LoRA first with change_attn_lora_rank value 0")
     first_seen = [i for n, i in enumerate(layer_map) if i not in layer_map[:n]]
     if first_seen != list(range(config.n_layer)):
         raise BadValue(f"layer map {layer_map} must keep every old layer, in order, at its first occurrence "
@@ -500,7 +509,7 @@ def msg_widen_embd(value):
 
 OPERATIONS.update({
     'reset_lr_schedule': Operation(lambda value, _config: check_null(value), reset_lr_schedule),
-    'stack_layers': Operation(check_stack_layers, stack_layers, grows=True),
+    'stack_layers': Operation(check_stack_layers, stack_layers, grows=True, keeps_function=False),
     'widen_mlp': Operation(check_widen, widen_mlp, grows=True),
     'change_attn_lora_rank': Operation(check_lora_rank('attn'), change_lora_rank('attn'), grows=True),
     'change_embedding_lora_rank': Operation(check_lora_rank('embedding'), change_lora_rank('embedding'), grows=True),
@@ -766,7 +775,10 @@ def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
 
 def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_event=None):
     """At an eval step: fire the next entries while their triggers hold. reevaluate() returns a fresh
-    val loss after an entry that asks for it. Returns the val loss of the model as it now is."""
+    val loss after an entry that asks for it. Returns the val loss of the model as it now is, or None
+    when an operation changed the model's function and its loss was not measured again. Such an
+    operation also restarts the best val loss, which belonged to a function the model no longer computes."""
+    measured = True
     while schedule:
         entry = schedule[0]
         reason = trigger_reason(entry, iter_num, val_loss)
@@ -783,9 +795,12 @@ def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_ev
                            val_loss_before=val_loss, val_loss_after=val_loss_after,
                            index=schedule_position - 1, changes=changes,
                            optimizer_policy=growth_optimizer_state if OPERATIONS[entry['name']].grows else None))
+        if not OPERATIONS[entry['name']].keeps_function:
+            progress['best_val_loss'] = 1e9
+            measured = False
         if val_loss_after is not None:
-            val_loss = val_loss_after
-    return val_loss
+            val_loss, measured = val_loss_after, True
+    return val_loss if measured else None
 
 
 def advance_ramp(iter_num):
@@ -879,13 +894,14 @@ def get_batch(split, generator, size):
 
 
 @torch.no_grad()
-def estimate_loss(eval_model, ctx, rank, ddp):
+def estimate_loss(eval_model, ctx, rank, ddp, splits=('train', 'val')):
     """Mean loss over a fixed set of batches per split: the generator is seeded the same way at
     every eval (per rank; ranks average), so the same weights always give the same number.
     Batches have the config's batch_size, whatever the schedule does to the training batch."""
     out = {}
     eval_model.eval()
-    for split_index, split in enumerate(['train', 'val']):
+    for split in splits:
+        split_index = ['train', 'val'].index(split)
         generator = torch.Generator().manual_seed(EVAL_SEED + 1000 * split_index + rank)
         losses = torch.zeros(effective_eval_iters(), device=device)
         for k in range(len(losses)):
@@ -901,10 +917,11 @@ def estimate_loss(eval_model, ctx, rank, ddp):
     return out
 
 
-def eval_flops():
-    """Flops of one estimate_loss call, all ranks together."""
-    tokens = 2 * effective_eval_iters() * batch_size * block_size * ddp_world_size
-    return model.flops_per_token(training=False) * tokens
+def eval_flops(n_splits=2):
+    """Flops of one estimate_loss call over n_splits splits, all ranks together."""
+    forwards = n_splits * effective_eval_iters() * ddp_world_size
+    return model.flops_per_token(training=False) * forwards * batch_size * block_size + \
+        model.flops_per_forward(training=False) * forwards
 
 
 def save_checkpoint(checkpoint, path):
@@ -979,6 +996,27 @@ class EventLog:
                                 if is_number(v)}, step=event['iter'])
 
 
+def carried_moment(moment, dim, index, fill):
+    """A new moment tensor whose slice i along dim is moment's slice index[i], or `fill` where
+    index[i] is -1 (a fresh slice). One copy: the leading slices that stay where they were are
+    copied as one block, and only the rest is gathered (a gather across columns is slow)."""
+    n_kept = int((index == torch.arange(len(index))).cumprod(0).sum())
+    rest = index[n_kept:]
+    parts = [moment.narrow(dim, 0, n_kept)]
+    if len(rest):
+        fresh = rest < 0
+        shape = list(moment.shape)
+        shape[dim] = len(rest)
+        if bool(fresh.all()):
+            tail = moment.new_empty(shape).fill_(fill)
+        else:
+            tail = moment.index_select(dim, rest.clamp(min=0).to(moment.device))
+            if bool(fresh.any()):
+                tail.index_fill_(dim, fresh.nonzero().flatten().to(moment.device), fill)
+        parts.append(tail)
+    return torch.cat(parts, dim)
+
+
 def carry_optimizer_state(old_states, new_optimizer, lineage):
     """Copy AdamW's exp_avg / exp_avg_sq / step from the old parameters into the new optimizer,
     following the lineage (see model.py). Fresh slices get exp_avg 0 and the source tensor's mean
@@ -996,12 +1034,9 @@ def carry_optimizer_state(old_states, new_optimizer, lineage):
             state = {'step': old['step'].clone()}
             for key in ('exp_avg', 'exp_avg_sq'):
                 moment = old[key]
-                if index is not None:  # index_select makes a new tensor
-                    fresh = (index < 0).to(moment.device)
-                    moment = moment.index_select(dim, index.clamp(min=0).to(moment.device))
-                    shape = [1] * moment.dim()
-                    shape[dim] = -1
-                    moment.masked_fill_(fresh.view(shape), 0.0 if key == 'exp_avg' else old[key].mean())
+                if index is not None:
+                    fill = moment.new_zeros(()) if key == 'exp_avg' else moment.mean()
+                    moment = carried_moment(moment, dim, index, fill)
                 elif old_name in taken:
                     moment = moment.clone()
                 state[key] = moment
@@ -1024,7 +1059,7 @@ data_generator = None
 progress = {}  # iter_num, tokens, flops, eval_flops, best_val_loss, next_eval_iter; all checkpointed
 PROGRESS_KEYS = ('iter_num', 'tokens', 'flops', 'eval_flops', 'best_val_loss', 'next_eval_iter')
 stop_signals = []  # SIGTERM / SIGINT received: checkpoint and exit at the next iteration
-flops_per_token = 0  # of a training step with the current model; refreshed when the model changes
+flops_per_token = flops_per_forward = 0  # of a training step with the current model; refreshed when it changes
 
 
 def setup_runtime():
@@ -1035,8 +1070,9 @@ def setup_runtime():
     device_type = 'cuda' if 'cuda' in device else 'cpu'
     torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
     torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+    # bf16 / fp16 run under autocast on cuda and cpu alike: weights and optimizer state stay float32
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-    ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+    ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
 
 def check_inputs():
@@ -1121,9 +1157,9 @@ def model_config_from_hf(meta):
 
 
 def build_optimizer():
-    """A new AdamW for the model as it is now (and its training flops per token, for the counters)."""
-    global optimizer, optimizer_names, flops_per_token
-    flops_per_token = model.flops_per_token()
+    """A new AdamW for the model as it is now (and its training flops, for the counters)."""
+    global optimizer, optimizer_names, flops_per_token, flops_per_forward
+    flops_per_token, flops_per_forward = model.flops_per_token(), model.flops_per_forward()
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
     optimizer_names = {p: name for name, p in model.named_parameters()}
 
@@ -1147,7 +1183,7 @@ def build_run(model_config, checkpoint):
     else:
         model = GPT(model_config).to(device)
     build_optimizer()
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16' and device_type == 'cuda'))
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
     progress = dict(iter_num=0, tokens=0, flops=0, eval_flops=0, best_val_loss=1e9, next_eval_iter=0)
     if checkpoint is not None:
         model.load_state_dict(checkpoint['model'])
@@ -1173,13 +1209,25 @@ def rebuild_after_growth(lineage):
         print(f"optimizer rebuilt: {carried} of {n_tensors} tensors carried their state over")
 
 
+def position_checksum(tensors, chunk=2**20):
+    """One float64 sum of all values, each weighted by its position in its tensor, so that rows in
+    another order (e.g. other widen_mlp replicas) count. Taken in chunks: the float64 copy and the
+    position weights stay small, whatever the size of the largest tensor."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for t in tensors:
+        flat = t.detach().flatten()
+        for start in range(0, flat.numel(), chunk):
+            part = flat[start:start + chunk].double()
+            total += (part * torch.arange(start + 1, start + len(part) + 1, dtype=torch.float64,
+                                          device=part.device)).sum()
+    return total
+
+
 def assert_ranks_agree():
-    """One float64 checksum of all parameters and AdamW moments per rank, compared across ranks. Each
-    value is weighted by its position, so that rows in another order (e.g. other widen_mlp replicas) count."""
-    tensors = [p.detach() for p in model.parameters()]
+    """The position checksum of all parameters and AdamW moments, compared across ranks."""
+    tensors = list(model.parameters())
     tensors += [state[k] for state in optimizer.state.values() for k in ('exp_avg', 'exp_avg_sq') if k in state]
-    checksum = torch.stack([(t.double().flatten() * torch.arange(1, t.numel() + 1, device=t.device)).sum()
-                            for t in tensors]).sum().view(1)
+    checksum = position_checksum(tensors).view(1)
     gathered = [torch.zeros_like(checksum) for _ in range(ddp_world_size)]
     dist.all_gather(gathered, checksum)
     if any(g.item() != checksum.item() for g in gathered):
@@ -1201,10 +1249,15 @@ def write_checkpoint(config, wandb_run):
         save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
 
 
-def evaluate():
-    """The val loss of the model as it is now (fixed batches), its flops counted."""
-    progress['eval_flops'] += eval_flops()
-    return estimate_loss(eval_model, ctx, ddp_rank, ddp)
+def evaluate(splits=('train', 'val')):
+    """The losses of the model as it is now (fixed batches), their flops counted."""
+    progress['eval_flops'] += eval_flops(len(splits))
+    return estimate_loss(eval_model, ctx, ddp_rank, ddp, splits)
+
+
+def reevaluate():
+    """The val loss after an operation (reevaluate: true); the train split is not needed."""
+    return evaluate(('val',))['val']
 
 
 def eval_event(losses, elapsed_s):
@@ -1236,9 +1289,10 @@ def train_step(iter_num):
             _, loss = train_model(X, Y)
             loss = loss / micro_steps
         scaler.scale(loss).backward()
+    # unscale here, not in scaler.step: a skipped step must leave the fp16 scaler its inf checks for update()
+    scaler.unscale_(optimizer)
     grad_norm = None
     if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     applied = step_is_finite(iter_num, loss, grad_norm)
     if applied:
@@ -1254,13 +1308,18 @@ nonfinite_in_a_row = 0
 def step_is_finite(iter_num, loss, grad_norm):
     """Stop at a non-finite loss or gradient norm, or skip up to skip_nonfinite_steps in a row.
     The check is a host-device sync: on cuda it is taken at log intervals only, unless steps are to
-    be skipped (a non-finite step in between is then caught there, and by the eval before any checkpoint)."""
+    be skipped (a non-finite step in between is then caught there, and by the eval before any checkpoint).
+    Under DDP the ranks agree on the decision with one small all-reduce, where the check runs."""
     global nonfinite_in_a_row
     if device_type == 'cuda' and not skip_nonfinite_steps and iter_num % log_interval:
         return True
-    # with fp16 the grad scaler handles inf gradients itself
-    norm_ok = grad_norm is None or scaler.is_enabled() or bool(torch.isfinite(grad_norm))
-    if bool(torch.isfinite(loss.detach())) and norm_ok:
+    nonfinite = ~torch.isfinite(loss.detach().view(1))
+    if grad_norm is not None and not scaler.is_enabled():  # with fp16 the grad scaler handles inf gradients itself
+        nonfinite |= ~torch.isfinite(grad_norm.view(1))
+    if ddp:  # the loss is this rank's own: every rank must skip or stop together, or the others hang or diverge
+        nonfinite = nonfinite.int()
+        dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
+    if not bool(nonfinite):
         nonfinite_in_a_row = 0
         return True
     nonfinite_in_a_row += 1
@@ -1270,6 +1329,16 @@ def step_is_finite(iter_num, loss, grad_norm):
     if master_process:
         print(f"iter {iter_num}: non-finite loss or gradient norm, step skipped ({nonfinite_in_a_row} in a row)")
     return False
+
+
+def step_flops(tokens, micro_steps):
+    """Training flops of one step, all ranks together (each rank runs micro_steps forwards)."""
+    return flops_per_token * tokens + flops_per_forward * micro_steps * ddp_world_size
+
+
+def per_gpu_mfu(flops, dt):
+    """The model flops utilization of one GPU: its share of a step's flops (all ranks) against its peak."""
+    return model.estimate_mfu(flops / ddp_world_size, dt)
 
 
 def stop_requested():
@@ -1338,13 +1407,14 @@ def main():
             # here with a larger max_iters continues exactly; an extra final eval off the grid only reports
             if on_eval_grid:
                 record_eval(progress['flops'], val_loss)
-                val_loss = run_orchestrator(iter_num, val_loss, lambda: evaluate()['val'], rebuild_after_growth,
-                                            log_event)
+                val_loss = run_orchestrator(iter_num, val_loss, reevaluate, rebuild_after_growth, log_event)
                 progress['next_eval_iter'] = iter_num + effective_eval_interval()
-            if val_loss < progress['best_val_loss'] or always_save_checkpoint:
-                progress['best_val_loss'] = min(progress['best_val_loss'], val_loss)
-                if iter_num > 0:
-                    write_checkpoint(config, wandb_run)
+            # val_loss None: the model's function changed and was not measured again; the next eval sets the best
+            improved = val_loss is not None and val_loss < progress['best_val_loss']
+            if improved:
+                progress['best_val_loss'] = val_loss
+            if (improved or always_save_checkpoint) and iter_num > 0:
+                write_checkpoint(config, wandb_run)
         if iter_num >= max_iters or (iter_num == 0 and eval_only):
             break
         if stop_requested():
@@ -1354,8 +1424,9 @@ def main():
             break
 
         loss, micro_steps, tokens, _ = train_step(iter_num)
+        flops = step_flops(tokens, micro_steps)
         progress['tokens'] += tokens
-        progress['flops'] += flops_per_token * tokens
+        progress['flops'] += flops
 
         # timing and logging
         t1 = time.time()
@@ -1364,7 +1435,7 @@ def main():
             # get loss as float. note: this is a CPU-GPU sync point
             lossf = loss.item() * micro_steps
             if local_iter_num >= 5:  # let the training loop settle a bit
-                mfu = model.estimate_mfu(tokens, dt)
+                mfu = per_gpu_mfu(flops, dt)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
                   f"tok/s {tokens / dt:,.0f}, mfu {running_mfu * 100:.2f}%")

@@ -30,4 +30,5 @@ beta2 = 0.99
 warmup_iters = 100
 
 device = 'cpu'
+dtype = 'float32'  # 'bfloat16' runs under cpu autocast
 compile = False

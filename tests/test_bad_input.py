@@ -266,6 +266,21 @@ ENTRY_CASES = [
      "entry 0, field 'value': merge_lora_weights: expected null, got 1 (int)", dict(attn_lora_rank=4)),
     ('lora_rank_factor_negative', 'yaml', [E('change_attn_lora_rank', -1)],
      "entry 0, field 'value': change_attn_lora_rank: expected a number >= 0.0, got -1", dict(attn_lora_rank=4)),
+    # a factor that rounds the rank to 0 would silently turn LoRA off and train the full weights
+    ('attn_lora_rank_rounds_to_zero', 'yaml', [E('change_attn_lora_rank', 0.1)],
+     "entry 0, field 'value': change_attn_lora_rank: factor 0.1 rounds attn_lora_rank 4 to 0, which would remove "
+     "the adapters and train the full weights; to remove LoRA on purpose, give the value 0", dict(attn_lora_rank=4)),
+    ('embedding_lora_rank_rounds_to_zero_later', 'json',
+     [E('change_embedding_lora_rank', 0.5), E('change_embedding_lora_rank', 0.4)],
+     "entry 1, field 'value': change_embedding_lora_rank: factor 0.4 rounds embedding_lora_rank 1 to 0, which "
+     "would remove the adapters and train the full weights; to remove LoRA on purpose, give the value 0",
+     dict(embedding_lora_rank=2)),
+    # random new layers under attention LoRA: their random attention weights would be frozen
+    ('msg_stack_random_with_attn_lora', 'yaml',
+     [E('msg_stack_layers', {'layers': 2, 'anneal_iters': 10, 'init': 'random'})],
+     "entry 0, field 'value': msg_stack_layers: init 'random' needs attention LoRA off at this point "
+     "(attn_lora_rank 0): the new layers' random attention weights would be frozen, trained only through the "
+     "adapters; use init 'copy', or remove LoRA first with change_attn_lora_rank value 0", dict(attn_lora_rank=4)),
     ('msg_add_heads_with_attn_lora', 'yaml', [E('msg_add_heads', {'n_new_heads': 2, 'anneal_iters': 10})],
      "entry 0, field 'value': msg_add_heads: needs attention LoRA off at this point (attn_lora_rank 0)",
      dict(attn_lora_rank=4)),
@@ -339,6 +354,13 @@ VALID_SCHEDULES = [
                                         E('msg_widen_embd', {'factor': 2, 'anneal_iters': 10})],
      dict(embedding_lora_rank=4), (2, 128, 64)),
     ('widen_mlp_that_fits', [E('widen_mlp', 100)], {}, (2, 12800, 32)),
+    ('lora_rank_removed_on_purpose', [E('change_attn_lora_rank', 0)], dict(attn_lora_rank=4), (2, 128, 32)),
+    ('lora_rank_halved_to_one', [E('change_attn_lora_rank', 0.3)], dict(attn_lora_rank=4), (2, 128, 32)),
+    ('msg_stack_random_with_embedding_lora_only', [E('msg_stack_layers', {'layers': 2, 'anneal_iters': 10,
+                                                                           'init': 'random'})],
+     dict(embedding_lora_rank=4), (4, 128, 32)),
+    ('msg_stack_copy_with_attn_lora', [E('msg_stack_layers', {'layers': 2, 'anneal_iters': 10})],
+     dict(attn_lora_rank=4), (4, 128, 32)),
 ]
 
 

@@ -561,16 +561,38 @@ def test_flops_per_token_with_lora_frozen_weights():
     """attn rank 2: c_attn (16x48) and attn c_proj (16x16) frozen (4 per weight); adapters
     c_attn A 2x16 + B 48x2, c_proj A 2x16 + B 16x2 trained. embedding rank 2: wte frozen, but the
     head's weight gradient is still computed (it trains the adapters through the effective matrix),
-    so wte counts as trained, plus its adapters A 2x16 + B 32x2."""
+    so wte counts as trained. The embedding adapter B A (32x2 @ 2x16) is formed once per forward, not
+    per token: 2 * 32 * 2 * 16 flops, three times that in training (the gradients of B and of A)."""
     model = tiny(**LORA)
     frozen = 2 * (16 * 48 + 16 * 16)  # 2048
-    trained = 2 * (16 * 64 + 64 * 16 + 2 * 16 + 48 * 2 + 2 * 16 + 16 * 2) + 32 * 16 + 2 * 16 + 32 * 2  # 5088
-    assert model.matmul_params() == (trained, frozen) == (5088, 2048)
-    assert model.flops_per_token() == 6 * trained + 4 * frozen + 12 * 2 * 16 * 16 == 44864
-    assert model.flops_per_token(training=False) == 2 * (trained + frozen) + 4 * 2 * 16 * 16 == 16320
+    trained = 2 * (16 * 64 + 64 * 16 + 2 * 16 + 48 * 2 + 2 * 16 + 16 * 2) + 32 * 16  # 4992
+    assert model.matmul_params() == (trained, frozen) == (4992, 2048)
+    assert model.flops_per_token() == 6 * trained + 4 * frozen + 12 * 2 * 16 * 16 == 44288
+    assert model.flops_per_token(training=False) == 2 * (trained + frozen) + 4 * 2 * 16 * 16 == 16128
+    assert model.flops_per_forward() == 3 * 2 * 32 * 2 * 16 == 6144
+    assert model.flops_per_forward(training=False) == 2 * 32 * 2 * 16 == 2048
     model.set_lora_rank('attn', 0, gen())  # attention weights trained again, their adapters gone
-    trained, frozen = 2 * 3072 + 32 * 16 + 2 * 16 + 32 * 2, 0
-    assert model.flops_per_token() == 6 * trained + 12 * 2 * 16 * 16 == 46656
+    trained, frozen = 2 * 3072 + 32 * 16, 0
+    assert model.flops_per_token() == 6 * trained + 12 * 2 * 16 * 16 == 46080
+    model.set_lora_rank('embedding', 0, gen())
+    assert model.flops_per_token() == 46080 and model.flops_per_forward() == 0
+
+
+def test_training_flops_count_the_embedding_adapter_once_per_forward(monkeypatch):
+    """train.py's counters: tokens x flops per token, plus the embedding adapter once per forward of
+    every rank; MFU is per GPU, each rank's share of the step's flops against one GPU's peak."""
+    model = tiny(**LORA)
+    monkeypatch.setattr(train, 'model', model)
+    monkeypatch.setattr(train, 'ddp_world_size', 2)
+    for name, value in dict(device_type='cpu', optimizer=None, optimizer_names={}, flops_per_token=0,
+                            flops_per_forward=0).items():
+        monkeypatch.setattr(train, name, value)  # build_optimizer sets them
+    train.build_optimizer()
+    micro_steps, tokens = 3, 3 * 2 * 4 * 16  # 3 micro steps of batch 4 x block 16 on each of 2 ranks
+    assert train.step_flops(tokens, micro_steps) == 44288 * tokens + 6144 * 3 * 2
+    assert train.per_gpu_mfu(1248e12, 2.0) == pytest.approx(1.0)  # 624 TFLOP per GPU in 2 s: a 312 TFLOPS peak
+    monkeypatch.setattr(train, 'ddp_world_size', 1)
+    assert train.per_gpu_mfu(1248e12, 2.0) == pytest.approx(2.0)
 
 
 # ------------------------------------------------------------------ 6. torch.compile across growth

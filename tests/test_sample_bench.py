@@ -210,7 +210,8 @@ def test_bench_a_grown_checkpoint(grown_run, tmp_path):
 def test_bench_ops_tiny():
     result = run('bench_ops.py', *TINY_SHAPE)
     assert result.returncode == 0, result.stderr
-    rows = re.findall(r'^(\w+)\s+([\d.]+)\s+([\d,]+) ->\s+([\d,]+)\s+(\d+)/(\d+)\s+(yes|no)$', result.stdout, re.M)
+    rows = re.findall(r'^(\w+)\s+([\d.]+)\s+([\d,]+) ->\s+([\d,]+)\s+(\d+)/(\d+)\s+(yes|no)\s+([\d.]+)\s+([\d.]+)$',
+                      result.stdout, re.M)
     assert [r[0] for r in rows] == ['stack_layers', 'widen_mlp', 'change_attn_lora_rank', 'merge_lora_weights',
                                     'change_lora_alpha', 'msg_widen_mlp', 'msg_add_heads', 'msg_stack_layers',
                                     'msg_widen_embd']
@@ -222,3 +223,9 @@ def test_bench_ops_tiny():
     carried = {r[0]: (int(r[4]), int(r[5])) for r in rows}
     lora_ops = {'change_attn_lora_rank', 'merge_lora_weights', 'change_lora_alpha'}
     assert carried == {name: (11, 19) if name in lora_ops else (15, 15) for name in carried}
+    # each op as a multiple of its floor (a clone of the grown model's weights and moments); the worst named last
+    ratios = {r[0]: float(r[8]) for r in rows}
+    assert all(ratio > 0 for ratio in ratios.values())
+    worst = max(ratios, key=ratios.get)
+    assert result.stdout.strip().splitlines()[-1] == f"worst_op_ratio={ratios[worst]:.2f} ({worst})"
+
