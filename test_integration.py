@@ -71,7 +71,7 @@ def test_sample_schedule_plan_on_the_cpu_recipe(cpu_model):
     last = plan[-1]
     assert [row['name'] for row in plan] == ['change_eval_iters', 'change_lr', 'change_batch_size',
                                              'change_eval_interval', 'change_grad_accum']
-    assert (last['lr'], last['batch_size'], last['grad_accum'], last['eval_interval'], last['eval_iters']) == (
+    assert (last['peak_lr'], last['batch_size'], last['grad_accum'], last['eval_interval'], last['eval_iters']) == (
         5e-4, 24, 2, 125, 40)
 
 
@@ -81,7 +81,7 @@ def test_multiplier_example_has_every_hyperparameter_op(cpu_model):
     names = [e['name'] for e in entries]
     assert sorted(names) == sorted(name for name, op in train.OPERATIONS.items() if not op.grows)
     last = train.validate_schedule(path, entries, 0, cpu_model)[-1]
-    assert last['lr'] == pytest.approx(3e-4, rel=1e-12)
+    assert last['peak_lr'] == pytest.approx(3e-4, rel=1e-12)
     assert (last['batch_size'], last['grad_accum'], last['warmup_iters'], last['lr_decay_iters'],
             last['eval_iters'], last['eval_interval']) == (16, 4, 200, 4000, 50, 100)
 

@@ -192,7 +192,7 @@ def get_lr(it):
 
 def effective_settings():
     """What an operation can change, for logs, events and the dry-run plan."""
-    settings = dict(lr=learning_rate * lr_multiplier, batch_size=effective_batch_size(),
+    settings = dict(peak_lr=learning_rate * lr_multiplier, batch_size=effective_batch_size(),
                     grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
                     eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
                     lr_decay_iters=effective_lr_decay_iters(), lr_schedule_offset=lr_schedule_offset)
@@ -663,7 +663,7 @@ def print_plan(plan):
     print(f"plan: {len(plan)} operations")
     for row in plan:
         print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}")
-        print(f"      then lr {row['lr']:.3g}, "
+        print(f"      then peak lr {row['peak_lr']:.3g}, "
               f"batch {row['batch_size']} x accum {row['grad_accum']}, n_layer {row['n_layer']}, "
               f"n_head {row['n_head']}, n_embd {row['n_embd']}, n_hidden {row['n_hidden']}, "
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
@@ -1213,13 +1213,13 @@ def position_checksum(tensors, chunk=2**20):
     """One float64 sum of all values, each weighted by its position in its tensor, so that rows in
     another order (e.g. other widen_mlp replicas) count. Taken in chunks: the float64 copy and the
     position weights stay small, whatever the size of the largest tensor."""
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = 0
     for t in tensors:
         flat = t.detach().flatten()
         for start in range(0, flat.numel(), chunk):
             part = flat[start:start + chunk].double()
-            total += (part * torch.arange(start + 1, start + len(part) + 1, dtype=torch.float64,
-                                          device=part.device)).sum()
+            total = total + (part * torch.arange(start + 1, start + len(part) + 1, dtype=torch.float64,
+                                                 device=part.device)).sum()
     return total
 
 

@@ -7,6 +7,7 @@ Add functions here; never rename or remove one (other test files use them).
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -40,13 +41,30 @@ def write_char_data(folder, n_chars=100_000):
     return len(chars)
 
 
+def entry(name, value=None, trigger_loss=0.0, max_wait_iters=0, reevaluate=False):
+    """One schedule entry. trigger_loss 0.0 never fires by loss; max_wait_iters 0 fires at once."""
+    return dict(name=name, value=value, trigger_loss=trigger_loss, max_wait_iters=max_wait_iters,
+                reevaluate=reevaluate)
+
+
 def write_schedule(path, entries):
     """A JSON schedule file; entries are (name, value, trigger_loss, max_wait_iters, reevaluate) tuples or dicts."""
-    rows = [e if isinstance(e, dict) else dict(zip(('name', 'value', 'trigger_loss', 'max_wait_iters', 'reevaluate'), e))
-            for e in entries]
+    rows = [e if isinstance(e, dict) else entry(*e) for e in entries]
     with open(path, 'w') as f:
         json.dump(rows, f)
     return str(path)
+
+
+def trained_runs(root, schedule, **settings):
+    """What a test module's runs share, in root: tiny data, a schedule file, and args(out, **overrides),
+    train.py's arguments for a run into out (TINY, then settings, then overrides; None drops a key)."""
+    data = root / 'data'
+    write_char_data(data)
+    schedule_file = write_schedule(root / 'schedule.json', schedule)
+
+    def args(out, **overrides):
+        return train_args(data, out, **dict(dict(scaling_schedule_file=schedule_file, **settings), **overrides))
+    return dict(root=root, data=data, schedule=schedule_file, args=args)
 
 
 def train_args(data_dir, out_dir, **overrides):
@@ -128,3 +146,40 @@ def assert_same_state(a, b, where='checkpoint'):
             assert_same_state(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+# train.py whose training loss is NaN at the iterations in NAN_AT (comma separated), on every rank or,
+# with NAN_RANK=r, on DDP rank r only. Run it with python -c, or as a script file under torchrun.
+NAN_TRAIN = r'''
+import os, sys
+sys.path.insert(0, os.getcwd())
+import train
+from model import GPT
+
+nan_at = {int(i) for i in os.environ['NAN_AT'].split(',')}
+nan_rank = int(os.environ.get('NAN_RANK', -1))  # -1: every rank
+now = [None]
+train_step, forward = train.train_step, GPT.forward
+
+
+def tracking_train_step(iter_num):
+    now[0] = iter_num
+    return train_step(iter_num)
+
+
+def nan_forward(self, idx, targets=None):
+    logits, loss = forward(self, idx, targets)
+    if self.training and now[0] in nan_at and nan_rank in (-1, train.ddp_rank):
+        loss = loss * float('nan')
+    return logits, loss
+
+
+train.train_step, GPT.forward = tracking_train_step, nan_forward
+train.run_from_command_line(sys.argv[1:])
+'''
+
+
+def skipped_steps(stdout):
+    """(iter, how many in a row) of every step skipped for a non-finite loss, as rank 0 logged them."""
+    return [(int(m[0]), int(m[1])) for m in
+            re.findall(r'^iter (\d+): non-finite loss or gradient norm, step skipped \((\d+) in a row\)$', stdout, re.M)]

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import train
-from helpers import (TORCHRUN, assert_same_state, describe_run, read_events, run_train, start_train, train_args,
-                     wait_for_line, write_char_data, write_schedule)
+from helpers import (NAN_TRAIN, TORCHRUN, assert_same_state, describe_run, read_events, run_train, skipped_steps,
+                     start_train, train_env, trained_runs, wait_for_line, write_schedule)
 
 SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval every 10 iters
     ('change_lr', 0.5, 0.0, 10, False),  # iter 10
@@ -29,17 +29,20 @@ SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval ev
 ]
 EXPECTED_OPS = [(10, 'change_lr'), (20, 'stack_layers'), (30, 'widen_mlp')]
 
-# train.py, then this rank's parameters and AdamW state to out_dir/rank{R}.pt
-DUMPING_TRAIN = r'''
-import os, sys
-sys.path.insert(0, os.getcwd())
+# after a wrapped train.py: this rank's parameters and AdamW state to out_dir/rank{R}.pt
+DUMP_STATE = r'''
 import torch
-import train
-
-train.run_from_command_line(sys.argv[1:])
 torch.save(dict(model=train.model.state_dict(), optimizer=train.optimizer.state_dict()),
            os.path.join(train.out_dir, f'rank{train.ddp_rank}.pt'))
 '''
+# train.py, then the dump
+DUMPING_TRAIN = r'''
+import os, sys
+sys.path.insert(0, os.getcwd())
+import train
+
+train.run_from_command_line(sys.argv[1:])
+''' + DUMP_STATE
 
 
 # train.py whose growth ops draw from a different generator on each rank (a bug the check must catch)
@@ -56,18 +59,12 @@ train.run_from_command_line(sys.argv[1:])
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp('ddp')
-    data = root / 'data'
-    write_char_data(data)
-    schedule = write_schedule(root / 'schedule.json', SCHEDULE)
-    for name, text in (('dumping_train.py', DUMPING_TRAIN), ('diverging_train.py', DIVERGING_TRAIN)):
-        (root / name).write_text(text)
-
-    def args(out, **overrides):
-        return train_args(data, out, **dict(dict(scaling_schedule_file=schedule, always_save_checkpoint=True,
-                                                 gradient_accumulation_steps=1, max_iters=40), **overrides))
-    return dict(args=args, root=root, data=data, dumping=TORCHRUN + [str(root / 'dumping_train.py')],
-                diverging=TORCHRUN + [str(root / 'diverging_train.py')])
+    runs = trained_runs(tmp_path_factory.mktemp('ddp'), SCHEDULE, always_save_checkpoint=True,
+                        gradient_accumulation_steps=1, max_iters=40)
+    scripts = dict(dumping=DUMPING_TRAIN, diverging=DIVERGING_TRAIN, nan_dumping=NAN_TRAIN + DUMP_STATE)
+    for name, text in scripts.items():
+        (runs['root'] / f'{name}_train.py').write_text(text)
+    return dict(runs, **{name: TORCHRUN + [str(runs['root'] / f'{name}_train.py')] for name in scripts})
 
 
 def load(path):
@@ -115,6 +112,34 @@ def test_ddp_rank_check_catches_ranks_that_grew_differently(setup, tmp_path):
     assert result.returncode != 0, describe_run(result)
     assert 'RuntimeError: DDP ranks disagree after a growth op' in result.stderr
     assert not os.path.exists(out / 'ckpt.pt')  # stopped before the checkpoint of iter 10
+
+
+@pytest.mark.parametrize('grad_clip', [0.0, 1.0])
+def test_ddp_ranks_agree_on_a_nonfinite_step(setup, tmp_path, grad_clip):
+    """A NaN loss on rank 1 only (iters 5 and 6), skip_nonfinite_steps=2: both ranks skip both steps (the
+    averaged gradients are NaN on both), so the run ends with identical, finite ranks. Without clipping only
+    the local loss is checked: each rank alone would decide differently, and rank 0 would step on NaN."""
+    out = tmp_path / 'out'
+    result = run_train(setup['args'](out, scaling_schedule_file=None, max_iters=20, skip_nonfinite_steps=2,
+                                     grad_clip=grad_clip),
+                       command=setup['nan_dumping'], env=train_env(NAN_AT='5,6', NAN_RANK='1'), timeout=180)
+    assert result.returncode == 0, describe_run(result)
+    assert skipped_steps(result.stdout) == [(5, 1), (6, 2)]  # logged by rank 0, whose own loss was finite
+    checkpoint = assert_ranks_identical(out)
+    assert {float(state['step']) for state in checkpoint['optimizer']['state'].values()} == {18.0}
+    assert all(torch.isfinite(p).all() for p in checkpoint['model'].values())
+
+
+def test_position_checksum_in_chunks():
+    """The rank check's checksum, taken in chunks, is the sum of value x position (from 1) over each
+    tensor, and it tells rows in another order apart."""
+    a = torch.randn(5, 7, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64)
+    whole = sum((t.flatten() * torch.arange(1, t.numel() + 1)).sum() for t in (a, b))
+    for chunk in (1, 4, 35, 2**20):
+        assert train.position_checksum([a, b], chunk).item() == pytest.approx(whole.item(), rel=1e-12)
+    swapped = a[[1, 0, 2, 3, 4]]
+    assert train.position_checksum([swapped, b], 4).item() != pytest.approx(whole.item(), rel=1e-12)
 
 
 def worker_pids(torchrun_pid):

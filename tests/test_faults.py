@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import train
-from helpers import (assert_same_state, describe_run, file_state, read_events, run_train, start_train, train_args,
-                     train_env, wait_for_line, without_elapsed, write_char_data, write_schedule)
+from helpers import (NAN_TRAIN, assert_same_state, describe_run, file_state, read_events, run_train, skipped_steps,
+                     start_train, train_args, train_env, trained_runs, wait_for_line, without_elapsed)
 
 MAX_ITERS = 70
 SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval every 10 iters
@@ -86,20 +86,14 @@ train.run_from_command_line(sys.argv[1:])
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     """The data, the schedule, and the uninterrupted run every fault is compared with."""
-    root = tmp_path_factory.mktemp('faults')
-    data = root / 'data'
-    write_char_data(data)
-    schedule = write_schedule(root / 'schedule.json', SCHEDULE)
-
-    def args(out, **overrides):
-        return train_args(data, out, **dict(dict(scaling_schedule_file=schedule, always_save_checkpoint=True,
-                                                 max_iters=MAX_ITERS), **overrides))
-
-    result = run_train(args(root / 'uninterrupted'))
+    runs = trained_runs(tmp_path_factory.mktemp('faults'), SCHEDULE, always_save_checkpoint=True,
+                        max_iters=MAX_ITERS)
+    reference = runs['root'] / 'uninterrupted'
+    result = run_train(runs['args'](reference))
     assert result.returncode == 0, describe_run(result)
-    events = read_events(root / 'uninterrupted')
+    events = read_events(reference)
     assert [(e['iter'], e['name']) for e in events if e['event'] == 'op'] == EXPECTED_OPS
-    return dict(args=args, root=root, data=data, reference=root / 'uninterrupted')
+    return dict(runs, reference=reference)
 
 
 def load(path):
@@ -245,55 +239,31 @@ def test_nonfinite_loss_stops_naming_the_iteration(setup, tmp_path):
 
 def test_skip_nonfinite_steps_stops_after_n_in_a_row(setup, tmp_path):
     result = diverging_run(setup, tmp_path, skip_nonfinite_steps=3)
-    skipped = [line for line in result.stdout.splitlines() if 'step skipped' in line]
-    assert skipped == [f"iter {i}: non-finite loss or gradient norm, step skipped ({n} in a row)"
-                       for i, n in ((71, 1), (72, 2), (73, 3))]
+    assert skipped_steps(result.stdout) == [(71, 1), (72, 2), (73, 3)]
     assert result.stderr.strip().splitlines() == [
         f"error: non-finite loss or gradient norm at iteration 74; stopping (the checkpoint in "
         f"{tmp_path / 'out'}, if any, is left as it was)"]
 
 
-# train.py whose training loss is NaN at the iterations in NAN_AT (comma separated)
-NAN_TRAIN = r'''
-import os, sys
-import train
-from model import GPT
-
-nan_at = {int(i) for i in os.environ['NAN_AT'].split(',')}
-now = [None]
-train_step, forward = train.train_step, GPT.forward
-
-
-def tracking_train_step(iter_num):
-    now[0] = iter_num
-    return train_step(iter_num)
-
-
-def nan_forward(self, idx, targets=None):
-    logits, loss = forward(self, idx, targets)
-    if self.training and now[0] in nan_at:
-        loss = loss * float('nan')
-    return logits, loss
-
-
-train.train_step, GPT.forward = tracking_train_step, nan_forward
-train.run_from_command_line(sys.argv[1:])
-'''
-
-
-def test_skip_nonfinite_steps_skips_transient_nans(setup, tmp_path):
+@pytest.mark.parametrize('dtype, grad_clip', [('float32', 1.0), ('float16', 0.0)])
+def test_skip_nonfinite_steps_skips_transient_nans(setup, tmp_path, dtype, grad_clip):
     """NaN losses at iters 5, 6 and 8 with skip_nonfinite_steps=2: those three steps are skipped
-    (never 3 in a row), the run finishes, and AdamW took 20 - 3 steps."""
+    (never 3 in a row), the run finishes, and AdamW took 20 - 3 steps. With float16 (autocast and
+    PyTorch's GradScaler, on the cpu here) and no clipping, nothing unscales the gradients before a
+    skip: the scaler must still get its inf checks, and halve its scale at each skipped step."""
     out = tmp_path / 'out'
-    result = run_train(train_args(setup['data'], out, max_iters=20, skip_nonfinite_steps=2),
+    result = run_train(train_args(setup['data'], out, max_iters=20, skip_nonfinite_steps=2, dtype=dtype,
+                                  grad_clip=grad_clip),
                        command=[sys.executable, '-c', NAN_TRAIN], env=train_env(NAN_AT='5,6,8'))
     assert result.returncode == 0, describe_run(result)
-    skipped = [line for line in result.stdout.splitlines() if 'step skipped' in line]
-    assert skipped == [f"iter {i}: non-finite loss or gradient norm, step skipped ({n} in a row)"
-                       for i, n in ((5, 1), (6, 2), (8, 1))]
+    assert skipped_steps(result.stdout) == [(5, 1), (6, 2), (8, 1)]
     checkpoint = load(out / 'ckpt.pt')
     assert checkpoint['iter_num'] == 20
     steps = {float(state['step']) for state in checkpoint['optimizer']['state'].values()}
     assert steps == {17.0}
     for name, p in checkpoint['model'].items():
-        assert torch.isfinite(p).all(), name
+        assert torch.isfinite(p).all() and p.dtype == torch.float32, name
+    if dtype == 'float16':
+        assert checkpoint['scaler']['scale'] == 2.0**16 / 2**3  # the initial scale, halved by each skip
+    else:
+        assert checkpoint['scaler'] == {}  # no scaler without float16

@@ -69,7 +69,7 @@ def test_200_entry_schedule_fires_every_op_once_in_order(tmp_path):
         if changes is not None:
             assert {k: op['changes'][k] for k in changes} == changes, op
         if e['name'] == 'change_lr':
-            before, after = op['changes']['lr']
+            before, after = op['changes']['peak_lr']
             assert abs(after / before - e['value']) < 1e-12, op
     evals = [e for e in events if e['event'] == 'eval']
     assert all(e['eval_iters'] == 2 for e in evals)  # each x2 is undone by the x0.5 of the same step

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import train
-from helpers import (assert_same_state, describe_run, file_state, read_events, run_train, train_args,
-                     without_elapsed, write_char_data, write_schedule)
+from helpers import (assert_same_state, describe_run, file_state, read_events, run_train, trained_runs,
+                     without_elapsed, write_schedule)
 from model import GPT, GPTConfig
 
 N = 120
@@ -44,19 +44,11 @@ EXPECTED_OPS = [(0, 'change_lr', 'loss'), (20, 'stack_layers', 'timeout'), (30, 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     """An uninterrupted N-iter run ('full') and the same run stopped at N/2 ('half')."""
-    root = tmp_path_factory.mktemp('resume')
-    data = root / 'data'
-    write_char_data(data)
-    schedule = write_schedule(root / 'schedule.json', SCHEDULE)
-
-    def args(out, **overrides):
-        return train_args(data, out, **dict(dict(scaling_schedule_file=schedule, always_save_checkpoint=True,
-                                                 log_interval=10), **overrides))
-
+    runs = trained_runs(tmp_path_factory.mktemp('resume'), SCHEDULE, always_save_checkpoint=True, log_interval=10)
     for name, iters in (('full', N), ('half', N // 2)):
-        result = run_train(args(root / name, max_iters=iters))
+        result = run_train(runs['args'](runs['root'] / name, max_iters=iters))
         assert result.returncode == 0, describe_run(result)
-    return dict(root=root, data=data, schedule=schedule, args=args, full=root / 'full', half=root / 'half')
+    return dict(runs, full=runs['root'] / 'full', half=runs['root'] / 'half')
 
 
 def copy_half(runs, tmp_path):
