@@ -1381,6 +1381,8 @@ def main():
     if master_process:
         print(f"tokens per iteration will be: {effective_grad_accum() * effective_batch_size() * block_size:,}")
         print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+        print(f"precision: {dtype}" + (f" autocast on {device_type}, float32 weights" if dtype != 'float32' else '')
+              + (", loss scaling" if scaler.is_enabled() else ''))
     signal.signal(signal.SIGTERM, lambda *_: stop_signals.append(True))
     signal.signal(signal.SIGINT, lambda *_: stop_signals.append(True))
 

@@ -264,6 +264,7 @@ def test_skip_nonfinite_steps_skips_transient_nans(setup, tmp_path, dtype, grad_
     for name, p in checkpoint['model'].items():
         assert torch.isfinite(p).all() and p.dtype == torch.float32, name
     if dtype == 'float16':
+        assert 'precision: float16 autocast on cpu, float32 weights, loss scaling\n' in result.stdout
         assert checkpoint['scaler']['scale'] == 2.0**16 / 2**3  # the initial scale, halved by each skip
     else:
         assert checkpoint['scaler'] == {}  # no scaler without float16
