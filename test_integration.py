@@ -21,6 +21,7 @@ import pytest
 
 import train
 from configurator import configure
+from helpers import entry
 from model import GPTConfig
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -84,6 +85,18 @@ def test_multiplier_example_has_every_hyperparameter_op(cpu_model):
     assert last['peak_lr'] == pytest.approx(3e-4, rel=1e-12)
     assert (last['batch_size'], last['grad_accum'], last['warmup_iters'], last['lr_decay_iters'],
             last['eval_iters'], last['eval_interval']) == (16, 4, 200, 4000, 50, 100)
+
+
+def test_quick_trigger_schedule_fires_at_the_first_evals(cpu_model, monkeypatch):
+    """configs/test_scaling_schedule.yaml on the CPU recipe: even with a val loss that never reaches a
+    trigger, its entries fire at the recipe's first two evals after iter 0 (250 and 500)."""
+    monkeypatch.setattr(train, 'master_process', False)
+    train.reset_orchestrator(train.load_schedule_file(os.path.join(CONFIGS, 'test_scaling_schedule.yaml')))
+    fired = {}
+    for it in range(0, 1001, train.effective_eval_interval()):
+        train.run_orchestrator(it, 9.9, log_event=lambda e: fired.setdefault(e['name'], (e['iter'], e['reason'])))
+    assert train.eval_interval == 250
+    assert fired == {'change_lr': (250, 'timeout'), 'change_batch_size': (500, 'timeout')}
 
 
 SCHEDULE_FILES = sorted(f for f in os.listdir(CONFIGS) if f.endswith(('.yaml', '.yml', '.json')))
@@ -329,21 +342,16 @@ RUN_ARGS = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n
             '--eval_iters=4', '--log_interval=20', '--always_save_checkpoint=False']
 
 
-def op(name, value, trigger_loss, max_wait_iters, reevaluate):
-    return dict(name=name, value=value, trigger_loss=trigger_loss, max_wait_iters=max_wait_iters,
-                reevaluate=reevaluate)
-
-
 # trigger_loss 0.0 never fires (timeouts decide), 10.0 always does (the val loss starts near ln 61 = 4.1)
 RUN_SCHEDULE = [
-    op('change_lr', 0.5, 0.0, 20, True),  # iter 20, timeout
-    op('change_batch_size', 2.0, 10.0, 1000, False),  # iter 20, loss, back to back
-    op('change_eval_interval', 2.0, 0.0, 20, False),  # iter 40, timeout: evals at 80, 120 from here
-    op('change_warmup_iters', 2.0, 10.0, 1000, False),  # iter 40, loss: warmup 20, decay 240
-    op('change_grad_accum', 2.0, 0.0, 40, False),  # iter 80, timeout
-    op('reset_lr_schedule', None, 10.0, 1000, True),  # iter 80, loss: the lr schedule restarts at 80
-    op('change_eval_iters', 2.0, 10.0, 1000, True),  # iter 80, loss: 8 eval batches, measured at once
-    op('set_lr', 2e-3, 0.0, 1000, False),  # never: blocks nothing after it, and the run ends first
+    entry('change_lr', 0.5, 0.0, 20, True),  # iter 20, timeout
+    entry('change_batch_size', 2.0, 10.0, 1000, False),  # iter 20, loss, back to back
+    entry('change_eval_interval', 2.0, 0.0, 20, False),  # iter 40, timeout: evals at 80, 120 from here
+    entry('change_warmup_iters', 2.0, 10.0, 1000, False),  # iter 40, loss: warmup 20, decay 240
+    entry('change_grad_accum', 2.0, 0.0, 40, False),  # iter 80, timeout
+    entry('reset_lr_schedule', None, 10.0, 1000, True),  # iter 80, loss: the lr schedule restarts at 80
+    entry('change_eval_iters', 2.0, 10.0, 1000, True),  # iter 80, loss: 8 eval batches, measured at once
+    entry('set_lr', 2e-3, 0.0, 1000, False),  # never: blocks nothing after it, and the run ends first
 ]
 EXPECTED_OPS = [(20, 'change_lr', 'timeout'), (20, 'change_batch_size', 'loss'),
                 (40, 'change_eval_interval', 'timeout'), (40, 'change_warmup_iters', 'loss'),

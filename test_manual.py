@@ -8,9 +8,11 @@ as main() does at every eval step. Only hyperparameter operations, so train.mode
 import json
 import math
 import sys
+from functools import partial
 
 import pytest
 
+import helpers
 import train
 from model import GPT, GPTConfig
 
@@ -35,9 +37,8 @@ def config():
     train.load_orchestrator_state(saved_state)
 
 
-def entry(name, value=1.0, trigger_loss=0.0, max_wait_iters=10**6, reevaluate=False):
-    return dict(name=name, value=value, trigger_loss=trigger_loss, max_wait_iters=max_wait_iters,
-                reevaluate=reevaluate)
+# entries that never time out unless told to
+entry = partial(helpers.entry, max_wait_iters=10**6)
 
 
 def run(iter_num, val_loss, reevaluate=None):

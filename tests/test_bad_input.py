@@ -21,7 +21,7 @@ import yaml
 
 import train
 from configurator import ConfigError, configure
-from helpers import REPO, file_state, run_train, train_args, write_char_data
+from helpers import REPO, entry, file_state, run_train, train_args, write_char_data
 from model import GPTConfig
 
 GiB = 2**30
@@ -46,11 +46,6 @@ def tiny(monkeypatch):
     train.reset_orchestrator()
     yield
     train.load_orchestrator_state(saved)
-
-
-def E(name, value, trigger_loss=0.0, max_wait_iters=0, reevaluate=False):
-    return dict(name=name, value=value, trigger_loss=trigger_loss, max_wait_iters=max_wait_iters,
-                reevaluate=reevaluate)
 
 
 def write_entries(tmp_path, fmt, entries):
@@ -101,7 +96,7 @@ FILE_CASES = [
     ('yaml_entry_not_a_mapping', 'schedule.yaml', "- change_lr\n",
      f"{{path}}: entry 0: expected a mapping with keys {KEYS}, got 'change_lr' (str)"),
     ('json_entry_not_a_mapping', 'schedule.json',
-     json.dumps([E('change_lr', 0.5), 3]), f"{{path}}: entry 1: expected a mapping with keys {KEYS}, got 3 (int)"),
+     json.dumps([entry('change_lr', 0.5), 3]), f"{{path}}: entry 1: expected a mapping with keys {KEYS}, got 3 (int)"),
 ]
 
 
@@ -122,62 +117,63 @@ def test_schedule_file_not_found(tmp_path, tiny):
 
 ENTRY_CASES = [
     # (id, format, entries, expected message after '{path}: ', config overrides)
-    ('unknown_operation_suggests', 'yaml', [E('chnage_lr', 0.5)],
+    ('unknown_operation_suggests', 'yaml', [entry('chnage_lr', 0.5)],
      "entry 0, field 'name': unknown operation 'chnage_lr' (did you mean 'change_lr'?)", {}),
-    ('unknown_operation_no_match', 'json', [E('change_lr', 0.5), E('grow_everything', 2)],
+    ('unknown_operation_no_match', 'json', [entry('change_lr', 0.5), entry('grow_everything', 2)],
      "entry 1, field 'name': unknown operation 'grow_everything'", {}),
-    ('missing_key', 'yaml', [{k: v for k, v in E('change_lr', 0.5).items() if k != 'reevaluate'}],
+    ('missing_key', 'yaml', [{k: v for k, v in entry('change_lr', 0.5).items() if k != 'reevaluate'}],
      f"entry 0, field 'reevaluate': missing (every entry has {KEYS})", {}),
     ('unknown_key_suggests', 'json',
-     [{**{k: v for k, v in E('change_lr', 0.5).items() if k != 'max_wait_iters'}, 'max_wait_iter': 10}],
-     f"entry 0, field 'max_wait_iter': unknown key (did you mean 'max_wait_iters'?); expected exactly {KEYS}, optionally trigger_slope", {}),
-    ('trigger_loss_string', 'yaml', [E('change_lr', 0.5, trigger_loss='low')],
+     [{**{k: v for k, v in entry('change_lr', 0.5).items() if k != 'max_wait_iters'}, 'max_wait_iter': 10}],
+     f"entry 0, field 'max_wait_iter': unknown key (did you mean 'max_wait_iters'?); expected exactly {KEYS}, "
+     "optionally trigger_slope", {}),
+    ('trigger_loss_string', 'yaml', [entry('change_lr', 0.5, trigger_loss='low')],
      "entry 0, field 'trigger_loss': expected a finite number, got 'low' (str)", {}),
-    ('trigger_loss_nan', 'yaml', [E('change_lr', 0.5, trigger_loss=float('nan'))],
+    ('trigger_loss_nan', 'yaml', [entry('change_lr', 0.5, trigger_loss=float('nan'))],
      "entry 0, field 'trigger_loss': expected a finite number, got nan (float)", {}),
-    ('trigger_loss_bool', 'json', [E('change_lr', 0.5, trigger_loss=True)],
+    ('trigger_loss_bool', 'json', [entry('change_lr', 0.5, trigger_loss=True)],
      "entry 0, field 'trigger_loss': expected a finite number, got True (bool)", {}),
-    ('trigger_loss_null', 'json', [E('change_lr', 0.5, trigger_loss=None)],
+    ('trigger_loss_null', 'json', [entry('change_lr', 0.5, trigger_loss=None)],
      "entry 0, field 'trigger_loss': expected a finite number, got None (NoneType)", {}),
-    ('max_wait_negative', 'yaml', [E('change_lr', 0.5, max_wait_iters=-1)],
+    ('max_wait_negative', 'yaml', [entry('change_lr', 0.5, max_wait_iters=-1)],
      "entry 0, field 'max_wait_iters': expected an integer >= 0, got -1 (int)", {}),
-    ('max_wait_fractional', 'yaml', [E('change_lr', 0.5, max_wait_iters=2.5)],
+    ('max_wait_fractional', 'yaml', [entry('change_lr', 0.5, max_wait_iters=2.5)],
      "entry 0, field 'max_wait_iters': expected an integer >= 0, got 2.5 (float)", {}),
-    ('max_wait_integral_float', 'json', [E('change_lr', 0.5, max_wait_iters=100.0)],
+    ('max_wait_integral_float', 'json', [entry('change_lr', 0.5, max_wait_iters=100.0)],
      "entry 0, field 'max_wait_iters': expected an integer >= 0, got 100.0 (float)", {}),
-    ('max_wait_bool', 'yaml', [E('change_lr', 0.5, max_wait_iters=True)],
+    ('max_wait_bool', 'yaml', [entry('change_lr', 0.5, max_wait_iters=True)],
      "entry 0, field 'max_wait_iters': expected an integer >= 0, got True (bool)", {}),
-    ('reevaluate_not_bool', 'json', [E('change_lr', 0.5, reevaluate=1)],
+    ('reevaluate_not_bool', 'json', [entry('change_lr', 0.5, reevaluate=1)],
      "entry 0, field 'reevaluate': expected true or false, got 1 (int)", {}),
     # values of the wrong type
-    ('factor_string', 'yaml', [E('change_lr', '0.5')],
+    ('factor_string', 'yaml', [entry('change_lr', '0.5')],
      "entry 0, field 'value': change_lr: expected a finite number, got '0.5' (str)", {}),
-    ('factor_bool', 'yaml', [E('change_lr', True)],
+    ('factor_bool', 'yaml', [entry('change_lr', True)],
      "entry 0, field 'value': change_lr: expected a finite number, got True (bool)", {}),
-    ('set_batch_size_bool', 'json', [E('set_batch_size', True)],
+    ('set_batch_size_bool', 'json', [entry('set_batch_size', True)],
      "entry 0, field 'value': set_batch_size: expected an integer >= 1, got True (bool)", {}),
-    ('set_batch_size_float', 'yaml', [E('set_batch_size', 8.0)],
+    ('set_batch_size_float', 'yaml', [entry('set_batch_size', 8.0)],
      "entry 0, field 'value': set_batch_size: expected an integer >= 1, got 8.0 (float)", {}),
-    ('reset_lr_schedule_not_null', 'yaml', [E('reset_lr_schedule', 1)],
+    ('reset_lr_schedule_not_null', 'yaml', [entry('reset_lr_schedule', 1)],
      "entry 0, field 'value': reset_lr_schedule: expected null, got 1 (int)", {}),
     # NaN / inf / negative / zero factors
-    ('factor_nan', 'json', [E('change_lr', float('nan'))],
+    ('factor_nan', 'json', [entry('change_lr', float('nan'))],
      "entry 0, field 'value': change_lr: expected a finite number, got nan (float)", {}),
-    ('factor_inf', 'yaml', [E('change_lr', float('inf'))],
+    ('factor_inf', 'yaml', [entry('change_lr', float('inf'))],
      "entry 0, field 'value': change_lr: expected a finite number, got inf (float)", {}),
-    ('factor_minus_inf', 'json', [E('change_batch_size', float('-inf'))],
+    ('factor_minus_inf', 'json', [entry('change_batch_size', float('-inf'))],
      "entry 0, field 'value': change_batch_size: expected a finite number, got -inf (float)", {}),
-    ('factor_negative', 'yaml', [E('change_lr', -0.5)],
+    ('factor_negative', 'yaml', [entry('change_lr', -0.5)],
      "entry 0, field 'value': change_lr: expected a number > 0.0, got -0.5", {}),
-    ('factor_zero', 'json', [E('change_warmup_iters', 0)],
+    ('factor_zero', 'json', [entry('change_warmup_iters', 0)],
      "entry 0, field 'value': change_warmup_iters: expected a number > 0.0, got 0", {}),
-    ('set_lr_zero', 'yaml', [E('set_lr', 0.0)],
+    ('set_lr_zero', 'yaml', [entry('set_lr', 0.0)],
      "entry 0, field 'value': set_lr: expected a number > 0.0, got 0.0", {}),
-    ('set_grad_accum_zero', 'yaml', [E('set_grad_accum', 0)],
+    ('set_grad_accum_zero', 'yaml', [entry('set_grad_accum', 0)],
      "entry 0, field 'value': set_grad_accum: expected an integer >= 1, got 0", {}),
-    ('widen_factor_below_one', 'yaml', [E('widen_mlp', 0.5)],
+    ('widen_factor_below_one', 'yaml', [entry('widen_mlp', 0.5)],
      "entry 0, field 'value': widen_mlp: expected a number > 1.0, got 0.5", {}),
-    ('widen_factor_rounds_to_same', 'yaml', [E('widen_mlp', 1.001)],
+    ('widen_factor_rounds_to_same', 'yaml', [entry('widen_mlp', 1.001)],
      "entry 0, field 'value': widen_mlp: factor 1.001 leaves the size at 128 -> 128: it must grow", {}),
     ('widen_noise_missing', 'yaml', [E('widen_mlp', {'factor': 2.0})],
      "entry 0, field 'value': widen_mlp: missing key 'noise' (expected keys: factor, noise)", {}),
@@ -188,126 +184,126 @@ ENTRY_CASES = [
     ('trigger_slope_not_a_number', 'yaml', [dict(E('change_lr', 0.5), trigger_slope='flat')],
      "entry 0, field 'trigger_slope': expected a finite number, got 'flat' (str)", {}),
     # factors that round a size to 0 (batch_size 8, accumulation 2, eval_iters 2, eval_interval 10)
-    ('batch_size_rounds_to_zero', 'yaml', [E('change_batch_size', 0.01)],
+    ('batch_size_rounds_to_zero', 'yaml', [entry('change_batch_size', 0.01)],
      "entry 0, field 'value': change_batch_size: this makes the batch size round to 0; it must stay >= 1", {}),
-    ('batch_size_rounds_to_zero_second_op', 'json', [E('change_batch_size', 0.2), E('change_batch_size', 0.2)],
+    ('batch_size_rounds_to_zero_second_op', 'json', [entry('change_batch_size', 0.2), entry('change_batch_size', 0.2)],
      "entry 1, field 'value': change_batch_size: this makes the batch size round to 0; it must stay >= 1", {}),
-    ('grad_accum_rounds_to_zero', 'yaml', [E('change_grad_accum', 0.2)],
+    ('grad_accum_rounds_to_zero', 'yaml', [entry('change_grad_accum', 0.2)],
      "entry 0, field 'value': change_grad_accum: this makes the gradient accumulation steps round to 0; "
      "it must stay >= 1", {}),
-    ('grad_accum_rounds_to_zero_after_set', 'json', [E('set_grad_accum', 1), E('change_grad_accum', 0.4)],
+    ('grad_accum_rounds_to_zero_after_set', 'json', [entry('set_grad_accum', 1), entry('change_grad_accum', 0.4)],
      "entry 1, field 'value': change_grad_accum: this makes the gradient accumulation steps round to 0; "
      "it must stay >= 1", {}),
-    ('eval_iters_rounds_to_zero', 'yaml', [E('change_eval_iters', 0.1)],
+    ('eval_iters_rounds_to_zero', 'yaml', [entry('change_eval_iters', 0.1)],
      "entry 0, field 'value': change_eval_iters: this makes eval_iters round to 0; it must stay >= 1", {}),
-    ('eval_interval_rounds_to_zero', 'yaml', [E('change_eval_interval', 0.01)],
+    ('eval_interval_rounds_to_zero', 'yaml', [entry('change_eval_interval', 0.01)],
      "entry 0, field 'value': change_eval_interval: this makes eval_interval round to 0; it must stay >= 1", {}),
     # layer maps
-    ('stack_repeat_one', 'yaml', [E('stack_layers', 1)],
+    ('stack_repeat_one', 'yaml', [entry('stack_layers', 1)],
      "entry 0, field 'value': stack_layers: expected an integer >= 2, got 1", {}),
-    ('stack_empty_map', 'json', [E('stack_layers', [])],
+    ('stack_empty_map', 'json', [entry('stack_layers', [])],
      "entry 0, field 'value': stack_layers: expected an integer >= 2 or a non-empty list of layer indices, "
      "got [] (list)", {}),
-    ('stack_map_out_of_range', 'yaml', [E('stack_layers', [0, 1, 2])],
+    ('stack_map_out_of_range', 'yaml', [entry('stack_layers', [0, 1, 2])],
      "entry 0, field 'value': stack_layers: layer index 2 is out of range: the model has 2 layers at this "
      "point (indices 0..1)", {}),
-    ('stack_map_negative', 'json', [E('stack_layers', [0, -1])],
+    ('stack_map_negative', 'json', [entry('stack_layers', [0, -1])],
      "entry 0, field 'value': stack_layers: layer index -1 is out of range: the model has 2 layers at this "
      "point (indices 0..1)", {}),
     ('stack_map_for_grown_depth_used_before_growth', 'yaml',
-     [E('stack_layers', [0, 1, 2, 3, 3]), E('stack_layers', 2)],
+     [entry('stack_layers', [0, 1, 2, 3, 3]), entry('stack_layers', 2)],
      "entry 0, field 'value': stack_layers: layer index 2 is out of range: the model has 2 layers at this "
      "point (indices 0..1)", {}),
-    ('stack_map_out_of_range_after_growth', 'yaml', [E('stack_layers', 2), E('stack_layers', [0, 1, 2, 3, 4])],
+    ('stack_map_out_of_range_after_growth', 'yaml', [entry('stack_layers', 2), entry('stack_layers', [0, 1, 2, 3, 4])],
      "entry 1, field 'value': stack_layers: layer index 4 is out of range: the model has 4 layers at this "
      "point (indices 0..3)", {}),
     ('msg_stack_map_for_old_depth_used_after_growth', 'yaml',
-     [E('stack_layers', 2), E('msg_stack_layers', {'layers': [0, 0, 1, 1], 'anneal_iters': 10})],
+     [entry('stack_layers', 2), entry('msg_stack_layers', {'layers': [0, 0, 1, 1], 'anneal_iters': 10})],
      "entry 1, field 'value': msg_stack_layers: layer map [0, 0, 1, 1] must keep every old layer, in order, "
      "at its first occurrence (new layers are the repeats), so that the network is unchanged at mask 0", {}),
-    ('msg_stack_map_reorders', 'json', [E('msg_stack_layers', {'layers': [1, 0, 0, 1], 'anneal_iters': 10})],
+    ('msg_stack_map_reorders', 'json', [entry('msg_stack_layers', {'layers': [1, 0, 0, 1], 'anneal_iters': 10})],
      "entry 0, field 'value': msg_stack_layers: layer map [1, 0, 0, 1] must keep every old layer, in order, "
      "at its first occurrence (new layers are the repeats), so that the network is unchanged at mask 0", {}),
-    ('msg_stack_map_out_of_range', 'yaml', [E('msg_stack_layers', {'layers': [0, 1, 5], 'anneal_iters': 10})],
+    ('msg_stack_map_out_of_range', 'yaml', [entry('msg_stack_layers', {'layers': [0, 1, 5], 'anneal_iters': 10})],
      "entry 0, field 'value': msg_stack_layers: layers: layer index 5 is out of range: the model has 2 layers "
      "at this point (indices 0..1)", {}),
     ('msg_stack_bad_init', 'yaml',
-     [E('msg_stack_layers', {'layers': [0, 1, 1], 'anneal_iters': 10, 'init': 'zeros'})],
+     [entry('msg_stack_layers', {'layers': [0, 1, 1], 'anneal_iters': 10, 'init': 'zeros'})],
      "entry 0, field 'value': msg_stack_layers: init must be 'copy' or 'random', got 'zeros' (str)", {}),
     # MSG values
-    ('msg_value_not_a_mapping', 'yaml', [E('msg_widen_mlp', 2)],
+    ('msg_value_not_a_mapping', 'yaml', [entry('msg_widen_mlp', 2)],
      "entry 0, field 'value': msg_widen_mlp: expected a mapping with keys factor, anneal_iters, got 2 (int)", {}),
-    ('msg_missing_anneal_iters', 'yaml', [E('msg_widen_mlp', {'factor': 2})],
+    ('msg_missing_anneal_iters', 'yaml', [entry('msg_widen_mlp', {'factor': 2})],
      "entry 0, field 'value': msg_widen_mlp: missing key 'anneal_iters' (expected keys: factor, anneal_iters)", {}),
-    ('msg_unknown_key', 'json', [E('msg_widen_mlp', {'factor': 2, 'anneal_iters': 10, 'warmup': 5})],
+    ('msg_unknown_key', 'json', [entry('msg_widen_mlp', {'factor': 2, 'anneal_iters': 10, 'warmup': 5})],
      "entry 0, field 'value': msg_widen_mlp: unknown key 'warmup' (expected keys: factor, anneal_iters)", {}),
-    ('msg_anneal_iters_zero', 'yaml', [E('msg_widen_mlp', {'factor': 2, 'anneal_iters': 0})],
+    ('msg_anneal_iters_zero', 'yaml', [entry('msg_widen_mlp', {'factor': 2, 'anneal_iters': 0})],
      "entry 0, field 'value': msg_widen_mlp: anneal_iters: expected an integer >= 1, got 0", {}),
-    ('msg_anneal_iters_fractional', 'json', [E('msg_add_heads', {'n_new_heads': 1, 'anneal_iters': 2.5})],
+    ('msg_anneal_iters_fractional', 'json', [entry('msg_add_heads', {'n_new_heads': 1, 'anneal_iters': 2.5})],
      "entry 0, field 'value': msg_add_heads: anneal_iters: expected an integer >= 1, got 2.5 (float)", {}),
-    ('msg_widen_embd_factor_one', 'yaml', [E('msg_widen_embd', {'factor': 1.0, 'anneal_iters': 10})],
+    ('msg_widen_embd_factor_one', 'yaml', [entry('msg_widen_embd', {'factor': 1.0, 'anneal_iters': 10})],
      "entry 0, field 'value': msg_widen_embd: factor: expected a number > 1.0, got 1.0", {}),
-    ('msg_add_zero_heads', 'yaml', [E('msg_add_heads', {'n_new_heads': 0, 'anneal_iters': 10})],
+    ('msg_add_zero_heads', 'yaml', [entry('msg_add_heads', {'n_new_heads': 0, 'anneal_iters': 10})],
      "entry 0, field 'value': msg_add_heads: n_new_heads: expected an integer >= 1, got 0", {}),
     # LoRA and MSG ops that cannot apply to the model at that point
-    ('attn_lora_op_with_lora_off', 'yaml', [E('change_attn_lora_rank', 0.5)],
+    ('attn_lora_op_with_lora_off', 'yaml', [entry('change_attn_lora_rank', 0.5)],
      "entry 0, field 'value': change_attn_lora_rank: LoRA is off at this point (attn_lora_rank is 0): "
      "this operation needs it on", {}),
-    ('embedding_lora_op_with_only_attn_lora', 'json', [E('change_embedding_lora_rank', 2)],
+    ('embedding_lora_op_with_only_attn_lora', 'json', [entry('change_embedding_lora_rank', 2)],
      "entry 0, field 'value': change_embedding_lora_rank: LoRA is off at this point (embedding_lora_rank is 0): "
      "this operation needs it on", dict(attn_lora_rank=4)),
-    ('merge_lora_with_lora_off', 'yaml', [E('merge_lora_weights', None)],
+    ('merge_lora_with_lora_off', 'yaml', [entry('merge_lora_weights', None)],
      "entry 0, field 'value': merge_lora_weights: LoRA is off at this point (attn_lora_rank or "
      "embedding_lora_rank is 0): this operation needs it on", {}),
-    ('lora_alpha_after_lora_removed', 'yaml', [E('change_attn_lora_rank', 0), E('change_lora_alpha', 2)],
+    ('lora_alpha_after_lora_removed', 'yaml', [entry('change_attn_lora_rank', 0), entry('change_lora_alpha', 2)],
      "entry 1, field 'value': change_lora_alpha: LoRA is off at this point (attn_lora_rank or "
      "embedding_lora_rank is 0): this operation needs it on", dict(attn_lora_rank=4)),
-    ('merge_lora_value_not_null', 'json', [E('merge_lora_weights', 1)],
+    ('merge_lora_value_not_null', 'json', [entry('merge_lora_weights', 1)],
      "entry 0, field 'value': merge_lora_weights: expected null, got 1 (int)", dict(attn_lora_rank=4)),
-    ('lora_rank_factor_negative', 'yaml', [E('change_attn_lora_rank', -1)],
+    ('lora_rank_factor_negative', 'yaml', [entry('change_attn_lora_rank', -1)],
      "entry 0, field 'value': change_attn_lora_rank: expected a number >= 0.0, got -1", dict(attn_lora_rank=4)),
     # a factor that rounds the rank to 0 would silently turn LoRA off and train the full weights
-    ('attn_lora_rank_rounds_to_zero', 'yaml', [E('change_attn_lora_rank', 0.1)],
+    ('attn_lora_rank_rounds_to_zero', 'yaml', [entry('change_attn_lora_rank', 0.1)],
      "entry 0, field 'value': change_attn_lora_rank: factor 0.1 rounds attn_lora_rank 4 to 0, which would remove "
      "the adapters and train the full weights; to remove LoRA on purpose, give the value 0", dict(attn_lora_rank=4)),
     ('embedding_lora_rank_rounds_to_zero_later', 'json',
-     [E('change_embedding_lora_rank', 0.5), E('change_embedding_lora_rank', 0.4)],
+     [entry('change_embedding_lora_rank', 0.5), entry('change_embedding_lora_rank', 0.4)],
      "entry 1, field 'value': change_embedding_lora_rank: factor 0.4 rounds embedding_lora_rank 1 to 0, which "
      "would remove the adapters and train the full weights; to remove LoRA on purpose, give the value 0",
      dict(embedding_lora_rank=2)),
     # random new layers under attention LoRA: their random attention weights would be frozen
     ('msg_stack_random_with_attn_lora', 'yaml',
-     [E('msg_stack_layers', {'layers': 2, 'anneal_iters': 10, 'init': 'random'})],
+     [entry('msg_stack_layers', {'layers': 2, 'anneal_iters': 10, 'init': 'random'})],
      "entry 0, field 'value': msg_stack_layers: init 'random' needs attention LoRA off at this point "
      "(attn_lora_rank 0): the new layers' random attention weights would be frozen, trained only through the "
      "adapters; use init 'copy', or remove LoRA first with change_attn_lora_rank value 0", dict(attn_lora_rank=4)),
-    ('msg_add_heads_with_attn_lora', 'yaml', [E('msg_add_heads', {'n_new_heads': 2, 'anneal_iters': 10})],
+    ('msg_add_heads_with_attn_lora', 'yaml', [entry('msg_add_heads', {'n_new_heads': 2, 'anneal_iters': 10})],
      "entry 0, field 'value': msg_add_heads: needs attention LoRA off at this point (attn_lora_rank 0)",
      dict(attn_lora_rank=4)),
-    ('msg_widen_embd_with_lora', 'yaml', [E('msg_widen_embd', {'factor': 2, 'anneal_iters': 10})],
+    ('msg_widen_embd_with_lora', 'yaml', [entry('msg_widen_embd', {'factor': 2, 'anneal_iters': 10})],
      "entry 0, field 'value': msg_widen_embd: needs LoRA off at this point (attn_lora_rank and "
      "embedding_lora_rank 0); remove it first with change_*_lora_rank value 0", dict(embedding_lora_rank=4)),
     ('msg_widen_embd_with_lora_turned_on_later', 'json',
-     [E('change_attn_lora_rank', 2), E('msg_widen_embd', {'factor': 2, 'anneal_iters': 10})],
+     [entry('change_attn_lora_rank', 2), entry('msg_widen_embd', {'factor': 2, 'anneal_iters': 10})],
      "entry 1, field 'value': msg_widen_embd: needs LoRA off at this point (attn_lora_rank and "
      "embedding_lora_rank 0); remove it first with change_*_lora_rank value 0", dict(attn_lora_rank=4)),
     # absurd sizes, refused before anything that big is built (the machine has 16 GiB)
-    ('widen_mlp_million', 'yaml', [E('widen_mlp', 1e6)],
+    ('widen_mlp_million', 'yaml', [entry('widen_mlp', 1e6)],
      "entry 0, field 'value': widen_mlp: this would create 16384.0M parameters, about 244.1 GiB to train, "
      "more than the 16.0 GiB of cpu", {}),
-    ('stack_layers_repeat_huge', 'yaml', [E('stack_layers', 10**12)],
+    ('stack_layers_repeat_huge', 'yaml', [entry('stack_layers', 10**12)],
      "entry 0, field 'value': stack_layers: this would create 24576000000.0M parameters, about 366210937.5 GiB "
      "to train, more than the 16.0 GiB of cpu", {}),
-    ('msg_widen_embd_huge', 'json', [E('msg_widen_embd', {'factor': 1e5, 'anneal_iters': 10})],
+    ('msg_widen_embd_huge', 'json', [entry('msg_widen_embd', {'factor': 1e5, 'anneal_iters': 10})],
      "entry 0, field 'value': msg_widen_embd: this would create 2665.6M parameters, about 39.7 GiB to train, "
      "more than the 16.0 GiB of cpu", {}),
-    ('msg_add_heads_huge', 'yaml', [E('msg_add_heads', {'n_new_heads': 10**7, 'anneal_iters': 10})],
+    ('msg_add_heads_huge', 'yaml', [entry('msg_add_heads', {'n_new_heads': 10**7, 'anneal_iters': 10})],
      "entry 0, field 'value': msg_add_heads: this would create 40960.0M parameters, about 610.4 GiB to train, "
      "more than the 16.0 GiB of cpu", {}),
-    ('lora_rank_huge', 'yaml', [E('change_attn_lora_rank', 1e8)],
+    ('lora_rank_huge', 'yaml', [entry('change_attn_lora_rank', 1e8)],
      "entry 0, field 'value': change_attn_lora_rank: this would create 153600.0M parameters, about 2288.8 GiB "
      "to train, more than the 16.0 GiB of cpu", dict(attn_lora_rank=4)),
-    ('widen_after_growth_too_big', 'yaml', [E('stack_layers', 8), E('widen_mlp', 1e5)],
+    ('widen_after_growth_too_big', 'yaml', [entry('stack_layers', 8), entry('widen_mlp', 1e5)],
      "entry 1, field 'value': widen_mlp: this would create 13107.2M parameters, about 195.3 GiB to train, "
      "more than the 16.0 GiB of cpu", {}),
 ]
@@ -321,7 +317,7 @@ def test_schedule_entry_refused(tmp_path, tiny, fmt, entries, expected, config):
 
 
 def test_stack_layers_to_thousands_of_layers_on_a_big_config(tmp_path, tiny):
-    path = write_entries(tmp_path, 'yaml', [E('change_lr', 0.5), E('stack_layers', 200)])
+    path = write_entries(tmp_path, 'yaml', [entry('change_lr', 0.5), entry('stack_layers', 200)])
     # 2400 layers of 7,077,888 matmul weights each
     assert refused(check_schedule, path, GPT2) == (
         f"{path}: entry 1, field 'value': stack_layers: this would create 16986.9M parameters, about 253.1 GiB "
@@ -329,7 +325,7 @@ def test_stack_layers_to_thousands_of_layers_on_a_big_config(tmp_path, tiny):
 
 
 def test_batch_too_big_for_memory_after_the_op(tmp_path, tiny):
-    path = write_entries(tmp_path, 'json', [E('change_batch_size', 1000)])
+    path = write_entries(tmp_path, 'json', [entry('change_batch_size', 1000)])
     assert refused(check_schedule, path, GPT2) == (
         f"{path}: entry 0 (change_batch_size): the model would need about 6751.9 GiB to train "
         "(123.6M parameters, batch 8000), more than the 16.0 GiB of cpu")
@@ -346,20 +342,21 @@ def test_config_too_big_for_memory(tmp_path, tiny):
 VALID_SCHEDULES = [
     # (id, entries, config overrides, n_layer / n_hidden / n_embd of the last plan row): the checks
     # above refuse these only at the point in the schedule where they stop applying
-    ('grown_depth_map_after_growth', [E('stack_layers', 2), E('stack_layers', [0, 1, 2, 3, 3])], {}, (5, 128, 32)),
-    ('msg_stack_map_at_old_depth', [E('msg_stack_layers', {'layers': [0, 0, 1, 1], 'anneal_iters': 10})], {},
+    ('grown_depth_map_after_growth', [entry('stack_layers', 2), entry('stack_layers', [0, 1, 2, 3, 3])], {},
+     (5, 128, 32)),
+    ('msg_stack_map_at_old_depth', [entry('msg_stack_layers', {'layers': [0, 0, 1, 1], 'anneal_iters': 10})], {},
      (4, 128, 32)),
-    ('batch_size_stays_positive', [E('change_batch_size', 0.2), E('change_batch_size', 2.5)], {}, (2, 128, 32)),
-    ('widen_embd_after_lora_removed', [E('change_embedding_lora_rank', 0),
-                                        E('msg_widen_embd', {'factor': 2, 'anneal_iters': 10})],
+    ('batch_size_stays_positive', [entry('change_batch_size', 0.2), entry('change_batch_size', 2.5)], {}, (2, 128, 32)),
+    ('widen_embd_after_lora_removed', [entry('change_embedding_lora_rank', 0),
+                                        entry('msg_widen_embd', {'factor': 2, 'anneal_iters': 10})],
      dict(embedding_lora_rank=4), (2, 128, 64)),
-    ('widen_mlp_that_fits', [E('widen_mlp', 100)], {}, (2, 12800, 32)),
-    ('lora_rank_removed_on_purpose', [E('change_attn_lora_rank', 0)], dict(attn_lora_rank=4), (2, 128, 32)),
-    ('lora_rank_halved_to_one', [E('change_attn_lora_rank', 0.3)], dict(attn_lora_rank=4), (2, 128, 32)),
-    ('msg_stack_random_with_embedding_lora_only', [E('msg_stack_layers', {'layers': 2, 'anneal_iters': 10,
+    ('widen_mlp_that_fits', [entry('widen_mlp', 100)], {}, (2, 12800, 32)),
+    ('lora_rank_removed_on_purpose', [entry('change_attn_lora_rank', 0)], dict(attn_lora_rank=4), (2, 128, 32)),
+    ('lora_rank_halved_to_one', [entry('change_attn_lora_rank', 0.3)], dict(attn_lora_rank=4), (2, 128, 32)),
+    ('msg_stack_random_with_embedding_lora_only', [entry('msg_stack_layers', {'layers': 2, 'anneal_iters': 10,
                                                                            'init': 'random'})],
      dict(embedding_lora_rank=4), (4, 128, 32)),
-    ('msg_stack_copy_with_attn_lora', [E('msg_stack_layers', {'layers': 2, 'anneal_iters': 10})],
+    ('msg_stack_copy_with_attn_lora', [entry('msg_stack_layers', {'layers': 2, 'anneal_iters': 10})],
      dict(attn_lora_rank=4), (4, 128, 32)),
 ]
 
@@ -545,13 +542,13 @@ def test_resume_from_foreign_checkpoint(tmp_path):
 # the real command line: exit 2, one line on stderr, no traceback, out_dir untouched
 
 def cli_case_schedule(tmp_path, data):
-    path = write_entries(tmp_path, 'yaml', [E('change_lr', 0.5), E('widen_mpl', 2)])
+    path = write_entries(tmp_path, 'yaml', [entry('change_lr', 0.5), entry('widen_mpl', 2)])
     return ([f'--scaling_schedule_file={path}'],
             f"error: {path}: entry 1, field 'name': unknown operation 'widen_mpl' (did you mean 'widen_mlp'?)")
 
 
 def cli_case_schedule_memory(tmp_path, data):
-    path = write_entries(tmp_path, 'json', [E('stack_layers', 10**9)])
+    path = write_entries(tmp_path, 'json', [entry('stack_layers', 10**9)])
     return [f'--scaling_schedule_file={path}'], None  # the machine's memory is in the message: see below
 
 
@@ -615,7 +612,7 @@ def test_command_line_refuses_without_creating_out_dir(tmp_path):
     data = str(tmp_path / 'data')
     write_char_data(data, n_chars=5000)
     out_dir = tmp_path / 'new_out'
-    path = write_entries(tmp_path, 'yaml', [E('change_lr', float('nan'))])
+    path = write_entries(tmp_path, 'yaml', [entry('change_lr', float('nan'))])
     result = run_train(train_args(data, out_dir, max_iters=2) + [f'--scaling_schedule_file={path}'], timeout=300)
     assert (result.returncode, result.stderr) == (
         2, f"error: {path}: entry 0, field 'value': change_lr: expected a finite number, got nan (float)\n")

@@ -110,32 +110,25 @@ def test_nan_and_inf_accepted_for_float(tmp_path):
     assert run("--learning_rate=1e999")["learning_rate"] == math.inf
 
 
-def test_bool_where_int_expected():
-    assert error("--batch_size=True") == "command line: --batch_size=True is a bool, expected an int"
+WRONG_TYPES = [
+    # (override, the message after "<where>: "): each on the command line as --override, and in a file
+    ("batch_size=True", "batch_size=True is a bool, expected an int"),
+    ("compile=1", "compile=1 is an int, expected a bool"),
+    ("compile=0", "compile=0 is an int, expected a bool"),
+    ("learning_rate=True", "learning_rate=True is a bool, expected a float"),
+    ("max_iters=2.5", "max_iters=2.5 is a float, expected an int"),
+    ("batch_size=big", "batch_size=big is a str, expected an int"),
+    ("learning_rate='1e-3'", "learning_rate='1e-3' is a str, expected a float"),
+]
 
 
-def test_int_where_bool_expected(tmp_path):
-    assert error("--compile=1") == "command line: --compile=1 is an int, expected a bool"
-    path = write(tmp_path, "compile = 0\n")
-    assert error(path) == f"{path}: compile = 0 is an int, expected a bool"
-
-
-def test_bool_not_promoted_to_float():
-    assert error("--learning_rate=True") == (
-        "command line: --learning_rate=True is a bool, expected a float"
-    )
-
-
-def test_float_where_int_expected(tmp_path):
-    assert error("--max_iters=2.5") == "command line: --max_iters=2.5 is a float, expected an int"
-    path = write(tmp_path, "max_iters = 2.5\n")
-    assert error(path) == f"{path}: max_iters = 2.5 is a float, expected an int"
-
-
-def test_string_where_number_expected(tmp_path):
-    assert error("--batch_size=big") == "command line: --batch_size=big is a str, expected an int"
-    path = write(tmp_path, "learning_rate = '1e-3'\n")
-    assert error(path) == f"{path}: learning_rate = '1e-3' is a str, expected a float"
+@pytest.mark.parametrize("override, message", WRONG_TYPES)
+def test_wrong_type_refused(tmp_path, override, message):
+    if override != "batch_size=big":  # unquoted text is a string on the command line only
+        path = write(tmp_path, override.replace("=", " = ") + "\n")
+        assert error(path) == f"{path}: {message.replace('=', ' = ', 1)}"
+    if override != "learning_rate='1e-3'":  # the command line takes the quotes as part of the text
+        assert error(f"--{override}") == f"command line: --{message}"
 
 
 def test_number_for_a_string_key_is_taken_as_text(tmp_path):
@@ -157,21 +150,13 @@ def test_dict_value():
     assert error("--extra=[1]") == "command line: --extra=[1] is a list, expected a dict"
 
 
-def test_unknown_key_in_file_with_suggestion(tmp_path):
-    path = write(tmp_path, "learning_rat = 1e-3\n")
-    assert error(path) == f"{path}: unknown config key 'learning_rat' (did you mean 'learning_rate'?)"
-
-
-def test_unknown_key_in_cli_with_suggestion():
-    assert error("--batch_sise=4") == (
-        "command line: unknown config key 'batch_sise' (did you mean 'batch_size'?)"
-    )
-
-
-def test_unknown_key_without_suggestion(tmp_path):
-    assert error("--zzzzqqq=1") == "command line: unknown config key 'zzzzqqq'"
-    path = write(tmp_path, "wandb_project = 'x'\n")
-    assert error(path) == f"{path}: unknown config key 'wandb_project'"
+@pytest.mark.parametrize("key, hint", [("learning_rat", " (did you mean 'learning_rate'?)"),
+                                       ("batch_sise", " (did you mean 'batch_size'?)"),
+                                       ("zzzzqqq", ""), ("wandb_project", "")])
+def test_unknown_key_refused(tmp_path, key, hint):
+    path = write(tmp_path, f"{key} = 1\n")
+    assert error(path) == f"{path}: unknown config key '{key}'{hint}"
+    assert error(f"--{key}=1") == f"command line: unknown config key '{key}'{hint}"
 
 
 def test_missing_file(tmp_path):

@@ -262,6 +262,18 @@ def adamw_steps(model, optimizer, steps, seed=5):
         optimizer.zero_grad(set_to_none=True)
 
 
+def carried_optimizer(model, old, lineage):
+    """A new AdamW for the grown model, the old states (by name) carried through the lineage as
+    train.py does. Returns (new optimizer, carried count)."""
+    new_optimizer = adamw(model)
+    train.model = model
+    try:
+        carried = train.carry_optimizer_state(old, new_optimizer, lineage)
+    finally:
+        train.model = None
+    return new_optimizer, carried
+
+
 def grow_with_state(model, op, optimizer=None, steps=3):
     """AdamW steps, the op, a new optimizer with the state carried as train.py does.
     Returns (old states by name, cloned; lineage; new optimizer; carried count)."""
@@ -270,12 +282,7 @@ def grow_with_state(model, op, optimizer=None, steps=3):
     names = {p: name for name, p in model.named_parameters()}
     old = {names[p]: {k: v.clone() for k, v in state.items()} for p, state in optimizer.state.items()}
     lineage = op(model)
-    new_optimizer = adamw(model)
-    train.model = model
-    try:
-        carried = train.carry_optimizer_state(old, new_optimizer, lineage)
-    finally:
-        train.model = None
+    new_optimizer, carried = carried_optimizer(model, old, lineage)
     return old, lineage, new_optimizer, carried
 
 
@@ -489,14 +496,7 @@ def test_replicas_diverge_and_loss_falls_after_each_op():
     def grow(optimizer, op):
         names = {p: name for name, p in model.named_parameters()}
         old = {names[p]: state for p, state in optimizer.state.items()}
-        lineage = op(model)
-        new_optimizer = adamw(model)
-        train.model = model
-        try:
-            train.carry_optimizer_state(old, new_optimizer, lineage)
-        finally:
-            train.model = None
-        return new_optimizer
+        return carried_optimizer(model, old, op(model))[0]
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=BLOCK, vocab_size=len(chars), n_layer=1, n_head=2, n_embd=32, n_hidden=32,
@@ -616,13 +616,7 @@ def test_compile_across_widen_mlp():
         before = logits_of(model, [x])
 
         old = {name: optimizer.state[p] for name, p in model.named_parameters()}
-        lineage = model.widen_mlp(144, gen())
-        optimizer = adamw(model)
-        train.model = model
-        try:
-            train.carry_optimizer_state(old, optimizer, lineage)
-        finally:
-            train.model = None
+        optimizer, _ = carried_optimizer(model, old, model.widen_mlp(144, gen()))
         torch._dynamo.reset()
         compiled = torch.compile(model)
         eager = logits_of(model, [x])

@@ -6,7 +6,7 @@ the ops of an eval step right after it).
 
 import torch
 
-from helpers import describe_run, read_events, run_train, train_args, write_char_data, write_schedule
+from helpers import describe_run, entry, read_events, run_train, train_args, write_char_data, write_schedule
 
 N_GROUPS = 50  # 4 entries each; group g fires at iter 2 * (g + 1), the eval grid being every 2 iters
 ROTATION = [('set_batch_size', 8, {'batch_size': [4, 8]}), ('set_batch_size', 4, {'batch_size': [8, 4]}),
@@ -14,11 +14,6 @@ ROTATION = [('set_batch_size', 8, {'batch_size': [4, 8]}), ('set_batch_size', 4,
             ('change_warmup_iters', 2, {'warmup_iters': [5, 10], 'lr_decay_iters': [200, 400]}),
             ('change_warmup_iters', 0.5, {'warmup_iters': [10, 5], 'lr_decay_iters': [400, 200]}),
             ('reset_lr_schedule', None, {})]
-
-
-def entry(name, value, trigger_loss, max_wait_iters, reevaluate):
-    return dict(name=name, value=value, trigger_loss=trigger_loss, max_wait_iters=max_wait_iters,
-                reevaluate=reevaluate)
 
 
 def schedule():
