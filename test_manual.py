@@ -529,3 +529,10 @@ def test_orchestrator_state_round_trip():
 
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q']))
+
+
+def test_orchestrator_state_round_trip():
+    """load_orchestrator_state sets every variable that orchestrator_state saves: a marker per key comes back."""
+    state = {key: f'<{key}>' for key in train.ORCHESTRATOR_KEYS}
+    train.load_orchestrator_state(state)
+    assert train.orchestrator_state() == state

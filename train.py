@@ -116,7 +116,10 @@ ORCHESTRATOR_KEYS = ['lr_multiplier', 'batch_size_multiplier', 'grad_accum_multi
                      'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp', 'iter_of_last_growth',
                      'evals_since_op']
 ddp_world_size = 1  # set by setup_distributed; the orchestrator's rounding of grad accumulation needs it
+master_process = True  # rank 0 logs and writes; set by setup_distributed
 model = None  # the GPT being trained (set in main; growth ops change it in place)
+progress = {}  # iter_num, tokens, flops, eval_flops, best_val_loss, next_eval_iter; all checkpointed
+PROGRESS_KEYS = ('iter_num', 'tokens', 'flops', 'eval_flops', 'best_val_loss', 'next_eval_iter')
 EVAL_SEED = 0  # eval batches do not depend on `seed`, so runs with different seeds share them
 # -----------------------------------------------------------------------------
 
@@ -254,6 +257,21 @@ def check_null(value):
         raise BadValue(f"expected null, got {describe(value)}")
 
 
+def available_memory_bytes():
+    if device.startswith('cuda') and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
+def check_new_params(n_params):
+    """Before a growth op is simulated: the tensors it creates alone (16 bytes a parameter: weights,
+    grads, AdamW moments) must fit, so that an absurd size is refused without being built."""
+    need, have = 16 * n_params, available_memory_bytes()
+    if need > have:
+        raise BadValue(f"this would create {n_params / 1e6:.1f}M parameters, about {need / 2**30:.1f} GiB "
+                       f"to train, more than the {have / 2**30:.1f} GiB of {device}")
+
+
 def check_layer_map(value, n_layers_now, layer_params=0):
     """An int k >= 2 (repeat the stack k times) or a list of layer indices; returns the map.
     layer_params > 0: first check that the grown stack would fit (see check_new_params)."""
@@ -323,15 +341,6 @@ def check_rounds_positive(label, value):
         raise BadValue(f"this makes {label} round to {value}; it must stay >= 1")
 
 
-def check_new_params(n_params):
-    """Before a growth op is simulated: the tensors it creates alone (16 bytes a parameter: weights,
-    grads, AdamW moments) must fit, so that an absurd size is refused without being built."""
-    need, have = 16 * n_params, available_memory_bytes()
-    if need > have:
-        raise BadValue(f"this would create {n_params / 1e6:.1f}M parameters, about {need / 2**30:.1f} GiB "
-                       f"to train, more than the {have / 2**30:.1f} GiB of {device}")
-
-
 def block_params(config):
     """The matmul weights of one block."""
     return 4 * config.n_embd * config.n_head * config.head_size + 2 * config.n_embd * config.n_hidden
@@ -346,32 +355,99 @@ class Operation:
     keeps_function: bool = True  # False: the model computes another function after it (its val loss changes)
 
 
-def multiplier_ops(multiplier, base_key, label, absolute_check):
-    """The pair change_X (multiply) / set_X (absolute value) for one multiplier."""
-    def scale(value):
-        globals()[multiplier] *= value
+# hyperparameter operations: each one writes its multiplier (the orchestrator state at the top)
 
-    def assign(value):
-        globals()[multiplier] = value / globals()[base_key]
+def change_lr(value):
+    global lr_multiplier
+    lr_multiplier *= value
 
-    def check_set(value, _config):
+
+def set_lr(value):
+    global lr_multiplier
+    lr_multiplier = value / learning_rate
+
+
+def change_batch_size(value):
+    global batch_size_multiplier
+    batch_size_multiplier *= value
+
+
+def set_batch_size(value):
+    global batch_size_multiplier
+    batch_size_multiplier = value / batch_size
+
+
+def change_grad_accum(value):
+    global grad_accum_multiplier
+    grad_accum_multiplier *= value
+
+
+def set_grad_accum(value):
+    global grad_accum_multiplier
+    grad_accum_multiplier = value / gradient_accumulation_steps
+
+
+def change_warmup_iters(value):
+    global warmup_iters_multiplier
+    warmup_iters_multiplier *= value
+
+
+def set_warmup_iters(value):
+    global warmup_iters_multiplier
+    warmup_iters_multiplier = value / warmup_iters
+
+
+def change_eval_iters(value):
+    global eval_iters_multiplier
+    eval_iters_multiplier *= value
+
+
+def set_eval_iters(value):
+    global eval_iters_multiplier
+    eval_iters_multiplier = value / eval_iters
+
+
+def change_eval_interval(value):
+    global eval_interval_multiplier
+    eval_interval_multiplier *= value
+
+
+def set_eval_interval(value):
+    global eval_interval_multiplier
+    eval_interval_multiplier = value / eval_interval
+
+
+def check_change(value, _config):
+    check_factor(value)
+
+
+def check_set(absolute_check, label, base_key):
+    """The check of set_<label>: the value, and a config value base_key that it can be divided by."""
+    def check(value, _config):
         absolute_check(value)
         if globals()[base_key] == 0:
             raise BadValue(f"cannot set {label}: the config's {base_key} is 0")
-
-    return (Operation(lambda value, _config: check_factor(value), scale),
-            Operation(check_set, assign))
+    return check
 
 
-OPERATIONS = {}
-for _name, _multiplier, _base, _absolute in [
-        ('lr', 'lr_multiplier', 'learning_rate', check_factor),
-        ('batch_size', 'batch_size_multiplier', 'batch_size', lambda v: check_int(v, 1)),
-        ('grad_accum', 'grad_accum_multiplier', 'gradient_accumulation_steps', lambda v: check_int(v, 1)),
-        ('warmup_iters', 'warmup_iters_multiplier', 'warmup_iters', lambda v: check_int(v, 1)),
-        ('eval_iters', 'eval_iters_multiplier', 'eval_iters', lambda v: check_int(v, 1)),
-        ('eval_interval', 'eval_interval_multiplier', 'eval_interval', lambda v: check_int(v, 1))]:
-    OPERATIONS[f'change_{_name}'], OPERATIONS[f'set_{_name}'] = multiplier_ops(_multiplier, _base, _name, _absolute)
+def check_count(value):
+    check_int(value, 1)
+
+
+OPERATIONS = {
+    'change_lr': Operation(check_change, change_lr),
+    'set_lr': Operation(check_set(check_factor, 'lr', 'learning_rate'), set_lr),
+    'change_batch_size': Operation(check_change, change_batch_size),
+    'set_batch_size': Operation(check_set(check_count, 'batch_size', 'batch_size'), set_batch_size),
+    'change_grad_accum': Operation(check_change, change_grad_accum),
+    'set_grad_accum': Operation(check_set(check_count, 'grad_accum', 'gradient_accumulation_steps'), set_grad_accum),
+    'change_warmup_iters': Operation(check_change, change_warmup_iters),
+    'set_warmup_iters': Operation(check_set(check_count, 'warmup_iters', 'warmup_iters'), set_warmup_iters),
+    'change_eval_iters': Operation(check_change, change_eval_iters),
+    'set_eval_iters': Operation(check_set(check_count, 'eval_iters', 'eval_iters'), set_eval_iters),
+    'change_eval_interval': Operation(check_change, change_eval_interval),
+    'set_eval_interval': Operation(check_set(check_count, 'eval_interval', 'eval_interval'), set_eval_interval),
+}
 
 
 def reset_lr_schedule(_value):
@@ -522,6 +598,37 @@ OPERATIONS.update({
 })
 
 
+def check_entry_shape(path, index, entry):
+    """The fields every entry has, whatever its operation."""
+    if not isinstance(entry, dict):
+        raise ScheduleError(path, index, None, f"expected a mapping with keys {', '.join(ENTRY_KEYS)}, got {describe(entry)}")
+    for key in entry:  # unknown keys first: a misspelt key is reported as itself, with the right spelling
+        if key not in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS:
+            close = difflib.get_close_matches(str(key), ENTRY_KEYS + OPTIONAL_ENTRY_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ''
+            raise ScheduleError(path, index, key, f"unknown key{hint}; expected exactly {', '.join(ENTRY_KEYS)}, "
+                                f"optionally {', '.join(OPTIONAL_ENTRY_KEYS)}")
+    for key in ENTRY_KEYS:
+        if key not in entry:
+            raise ScheduleError(path, index, key, f"missing (every entry has {', '.join(ENTRY_KEYS)})")
+    name = entry['name']
+    if name not in OPERATIONS:
+        close = difflib.get_close_matches(str(name), list(OPERATIONS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        raise ScheduleError(path, index, 'name', f"unknown operation {name!r}{hint}")
+    trigger = entry['trigger_loss']
+    if not is_number(trigger) or not math.isfinite(trigger):
+        raise ScheduleError(path, index, 'trigger_loss', f"expected a finite number, got {describe(trigger)}")
+    slope = entry.get('trigger_slope', 0.0)
+    if not is_number(slope) or not math.isfinite(slope):
+        raise ScheduleError(path, index, 'trigger_slope', f"expected a finite number, got {describe(slope)}")
+    wait = entry['max_wait_iters']
+    if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
+        raise ScheduleError(path, index, 'max_wait_iters', f"expected an integer >= 0, got {describe(wait)}")
+    if not isinstance(entry['reevaluate'], bool):
+        raise ScheduleError(path, index, 'reevaluate', f"expected true or false, got {describe(entry['reevaluate'])}")
+
+
 def load_schedule_file(path):
     """Parse a YAML (.yaml/.yml) or JSON file into a list of raw entries; checks the shape only."""
     if not os.path.isfile(path):
@@ -554,37 +661,6 @@ def load_schedule_file(path):
     return entries
 
 
-def check_entry_shape(path, index, entry):
-    """The fields every entry has, whatever its operation."""
-    if not isinstance(entry, dict):
-        raise ScheduleError(path, index, None, f"expected a mapping with keys {', '.join(ENTRY_KEYS)}, got {describe(entry)}")
-    for key in entry:  # unknown keys first: a misspelt key is reported as itself, with the right spelling
-        if key not in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS:
-            close = difflib.get_close_matches(str(key), ENTRY_KEYS + OPTIONAL_ENTRY_KEYS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ''
-            raise ScheduleError(path, index, key, f"unknown key{hint}; expected exactly {', '.join(ENTRY_KEYS)}, "
-                                f"optionally {', '.join(OPTIONAL_ENTRY_KEYS)}")
-    for key in ENTRY_KEYS:
-        if key not in entry:
-            raise ScheduleError(path, index, key, f"missing (every entry has {', '.join(ENTRY_KEYS)})")
-    name = entry['name']
-    if name not in OPERATIONS:
-        close = difflib.get_close_matches(str(name), list(OPERATIONS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ''
-        raise ScheduleError(path, index, 'name', f"unknown operation {name!r}{hint}")
-    trigger = entry['trigger_loss']
-    if not is_number(trigger) or not math.isfinite(trigger):
-        raise ScheduleError(path, index, 'trigger_loss', f"expected a finite number, got {describe(trigger)}")
-    slope = entry.get('trigger_slope', 0.0)
-    if not is_number(slope) or not math.isfinite(slope):
-        raise ScheduleError(path, index, 'trigger_slope', f"expected a finite number, got {describe(slope)}")
-    wait = entry['max_wait_iters']
-    if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
-        raise ScheduleError(path, index, 'max_wait_iters', f"expected an integer >= 0, got {describe(wait)}")
-    if not isinstance(entry['reevaluate'], bool):
-        raise ScheduleError(path, index, 'reevaluate', f"expected true or false, got {describe(entry['reevaluate'])}")
-
-
 def estimated_memory_bytes():
     """A rough upper estimate of training memory: weights, grads and AdamW moments (16 bytes per
     parameter in fp32) plus activations (4 bytes, ~ 16 values per channel per layer per token)."""
@@ -595,18 +671,47 @@ def estimated_memory_bytes():
     return 16 * params + 4 * tokens * c.n_layer * width
 
 
-def available_memory_bytes():
-    if device.startswith('cuda') and torch.cuda.is_available():
-        return torch.cuda.get_device_properties(torch.device(device)).total_memory
-    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-
-
 def check_fits_in_memory(where):
     need, have = estimated_memory_bytes(), available_memory_bytes()
     if need > have:
         raise UserError(f"{where}: the model would need about {need / 2**30:.1f} GiB to train "
                         f"({model.get_num_params() / 1e6:.1f}M parameters, batch {effective_batch_size()}), "
                         f"more than the {have / 2**30:.1f} GiB of {device}")
+
+
+def orchestrator_state():
+    return {k: json.loads(json.dumps(globals()[k])) for k in ORCHESTRATOR_KEYS}
+
+
+def load_orchestrator_state(state):
+    """Set every variable of the orchestrator state from a copy of `state` (as orchestrator_state returns it)."""
+    global lr_multiplier, batch_size_multiplier, grad_accum_multiplier, lr_schedule_offset, warmup_iters_multiplier
+    global eval_iters_multiplier, eval_interval_multiplier, schedule, schedule_position, iter_of_last_op
+    global executed_ops, active_ramp, iter_of_last_growth, evals_since_op
+    state = json.loads(json.dumps(state))
+    lr_multiplier = state['lr_multiplier']
+    batch_size_multiplier = state['batch_size_multiplier']
+    grad_accum_multiplier = state['grad_accum_multiplier']
+    lr_schedule_offset = state['lr_schedule_offset']
+    warmup_iters_multiplier = state['warmup_iters_multiplier']
+    eval_iters_multiplier = state['eval_iters_multiplier']
+    eval_interval_multiplier = state['eval_interval_multiplier']
+    schedule = state['schedule']
+    schedule_position = state['schedule_position']
+    iter_of_last_op = state['iter_of_last_op']
+    executed_ops = state['executed_ops']
+    active_ramp = state['active_ramp']
+    iter_of_last_growth = state['iter_of_last_growth']
+    evals_since_op = state['evals_since_op']
+
+
+def reset_orchestrator(entries=()):
+    """Fresh orchestrator state with the given schedule (tests use this too)."""
+    load_orchestrator_state(dict(
+        lr_multiplier=1.0, batch_size_multiplier=1.0, grad_accum_multiplier=1.0, lr_schedule_offset=0,
+        warmup_iters_multiplier=1.0, eval_iters_multiplier=1.0, eval_interval_multiplier=1.0,
+        schedule=list(entries), schedule_position=0, iter_of_last_op=0, executed_ops=[],
+        active_ramp=None, iter_of_last_growth=-1, evals_since_op=[]))
 
 
 @contextmanager
@@ -622,6 +727,13 @@ def simulation(model_config):
     finally:
         model = saved_model
         load_orchestrator_state(saved_state)
+
+
+def describe_triggers(entry):
+    triggers = [f"val loss < {entry['trigger_loss']:g}"]
+    if 'trigger_slope' in entry:
+        triggers.append(f"loss slope > {entry['trigger_slope']:g} over {trigger_slope_evals} evals")
+    return ' or '.join(triggers + [f"{entry['max_wait_iters']} iters after the previous op"])
 
 
 def validate_schedule(path, entries, first_index, model_config):
@@ -652,13 +764,6 @@ def validate_schedule(path, entries, first_index, model_config):
     return plan
 
 
-def describe_triggers(entry):
-    triggers = [f"val loss < {entry['trigger_loss']:g}"]
-    if 'trigger_slope' in entry:
-        triggers.append(f"loss slope > {entry['trigger_slope']:g} over {trigger_slope_evals} evals")
-    return ' or '.join(triggers + [f"{entry['max_wait_iters']} iters after the previous op"])
-
-
 def print_plan(plan):
     print(f"plan: {len(plan)} operations")
     for row in plan:
@@ -670,25 +775,21 @@ def print_plan(plan):
               f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
 
 
+def check_schedule_matches(entries):
+    """On resume with a schedule file: the entries already run must be the file's first entries."""
+    for done in executed_ops:
+        index = done['index']
+        if index >= len(entries) or any(entries[index].get(k) != done.get(k) for k in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS):
+            found = json.dumps(entries[index]) if index < len(entries) else 'nothing'
+            raise ScheduleError(scaling_schedule_file, index, None,
+                                f"the checkpoint already ran {json.dumps({k: done[k] for k in ENTRY_KEYS})} "
+                                f"at iter {done['iter']}, but the file now has {found} here; "
+                                "resume with the original schedule, or with no scaling_schedule_file")
+    schedule[:] = entries[len(executed_ops):]
+
+
 # -----------------------------------------------------------------------------
 # the orchestrator at work
-
-def orchestrator_state():
-    return {k: json.loads(json.dumps(globals()[k])) for k in ORCHESTRATOR_KEYS}
-
-
-def load_orchestrator_state(state):
-    globals().update(json.loads(json.dumps(state)))
-
-
-def reset_orchestrator(entries=()):
-    """Fresh orchestrator state with the given schedule (tests use this too)."""
-    load_orchestrator_state(dict(
-        lr_multiplier=1.0, batch_size_multiplier=1.0, grad_accum_multiplier=1.0, lr_schedule_offset=0,
-        warmup_iters_multiplier=1.0, eval_iters_multiplier=1.0, eval_interval_multiplier=1.0,
-        schedule=list(entries), schedule_position=0, iter_of_last_op=0, executed_ops=[],
-        active_ramp=None, iter_of_last_growth=-1, evals_since_op=[]))
-
 
 def loss_slope():
     """Least-squares slope of ln(val loss) against ln(training flops) over the last
@@ -823,8 +924,6 @@ def advance_ramp(iter_num):
 
 # -----------------------------------------------------------------------------
 # runtime helpers: setup, data, eval, checkpoints, events
-
-master_process = True  # rank 0 logs and writes; set by setup_distributed
 
 
 def setup_distributed():
@@ -1056,9 +1155,8 @@ eval_model = train_model = None  # compiled and DDP wrappers around model
 ddp, ddp_rank, ddp_local_rank, device_type = False, 0, 0, 'cpu'
 ctx = nullcontext()
 data_generator = None
-progress = {}  # iter_num, tokens, flops, eval_flops, best_val_loss, next_eval_iter; all checkpointed
-PROGRESS_KEYS = ('iter_num', 'tokens', 'flops', 'eval_flops', 'best_val_loss', 'next_eval_iter')
 stop_signals = []  # SIGTERM / SIGINT received: checkpoint and exit at the next iteration
+nonfinite_in_a_row = 0  # non-finite steps skipped in a row (skip_nonfinite_steps)
 flops_per_token = flops_per_forward = 0  # of a training step with the current model; refreshed when it changes
 
 
@@ -1073,46 +1171,6 @@ def setup_runtime():
     # bf16 / fp16 run under autocast on cuda and cpu alike: weights and optimizer state stay float32
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
-
-
-def check_inputs():
-    """Everything the user gave us, checked before anything is built or written.
-    Returns (model config, checkpoint or None, plan); sets the orchestrator state."""
-    if init_from not in ('scratch', 'resume') + GPT2_HUB_NAMES and not os.path.isdir(init_from):
-        raise UserError(f"init_from: expected scratch, resume, {', '.join(GPT2_HUB_NAMES)} or a Hugging Face GPT-2 "
-                        f"folder, got {init_from!r} (no such folder)")
-    for key, allowed in (('growth_optimizer_state', ('carry', 'reset')), ('dtype', ('float32', 'bfloat16', 'float16')),
-                         ('lr_schedule', ('cosine', 'wsd')), ('activation', ACTIVATIONS)):
-        if globals()[key] not in allowed:
-            raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
-    if trigger_slope_evals < 2:
-        raise UserError(f"trigger_slope_evals: expected an integer >= 2 (a slope needs two evals), got {trigger_slope_evals}")
-    if cooldown_iters < 0:
-        raise UserError(f"cooldown_iters: expected an integer >= 0 (0 = a fifth of lr_decay_iters), got {cooldown_iters}")
-    for key in ('batch_size', 'gradient_accumulation_steps', 'block_size', 'n_layer', 'n_head', 'n_embd',
-                'eval_interval', 'eval_iters', 'log_interval'):
-        if globals()[key] < 1:
-            raise UserError(f"{key}: expected an integer >= 1, got {globals()[key]}")
-    for key, upper in (('learning_rate', math.inf), ('min_lr', math.inf), ('weight_decay', math.inf),
-                       ('grad_clip', math.inf), ('lora_alpha', math.inf), ('beta1', 1.0), ('beta2', 1.0),
-                       ('dropout', 1.0)):
-        if not 0.0 <= globals()[key] < upper:
-            raise UserError(f"{key}: expected a number >= 0{f' and < {upper}' if upper < math.inf else ''}, "
-                            f"got {globals()[key]}")
-    meta = check_data()
-    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt')) if init_from == 'resume' else None
-    if checkpoint is None:
-        model_config = model_config_from_globals(meta['vocab_size']) if init_from == 'scratch' else \
-            model_config_from_hf(meta)
-        reset_orchestrator(load_schedule_file(scaling_schedule_file) if scaling_schedule_file else [])
-    else:
-        model_config = GPTConfig(**checkpoint['model_args'])
-        load_orchestrator_state(checkpoint['orchestrator'])
-        if scaling_schedule_file:
-            check_schedule_matches(load_schedule_file(scaling_schedule_file))
-    plan = validate_schedule(scaling_schedule_file or f"{out_dir}/ckpt.pt (stored schedule)", schedule,
-                             schedule_position, model_config)
-    return model_config, checkpoint, plan
 
 
 def model_config_from_globals(vocab_size):
@@ -1156,6 +1214,46 @@ def model_config_from_hf(meta):
     return GPTConfig(**args)
 
 
+def check_inputs():
+    """Everything the user gave us, checked before anything is built or written.
+    Returns (model config, checkpoint or None, plan); sets the orchestrator state."""
+    if init_from not in ('scratch', 'resume') + GPT2_HUB_NAMES and not os.path.isdir(init_from):
+        raise UserError(f"init_from: expected scratch, resume, {', '.join(GPT2_HUB_NAMES)} or a Hugging Face GPT-2 "
+                        f"folder, got {init_from!r} (no such folder)")
+    for key, allowed in (('growth_optimizer_state', ('carry', 'reset')), ('dtype', ('float32', 'bfloat16', 'float16')),
+                         ('lr_schedule', ('cosine', 'wsd')), ('activation', ACTIVATIONS)):
+        if globals()[key] not in allowed:
+            raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
+    if trigger_slope_evals < 2:
+        raise UserError(f"trigger_slope_evals: expected an integer >= 2 (a slope needs two evals), got {trigger_slope_evals}")
+    if cooldown_iters < 0:
+        raise UserError(f"cooldown_iters: expected an integer >= 0 (0 = a fifth of lr_decay_iters), got {cooldown_iters}")
+    for key in ('batch_size', 'gradient_accumulation_steps', 'block_size', 'n_layer', 'n_head', 'n_embd',
+                'eval_interval', 'eval_iters', 'log_interval'):
+        if globals()[key] < 1:
+            raise UserError(f"{key}: expected an integer >= 1, got {globals()[key]}")
+    for key, upper in (('learning_rate', math.inf), ('min_lr', math.inf), ('weight_decay', math.inf),
+                       ('grad_clip', math.inf), ('lora_alpha', math.inf), ('beta1', 1.0), ('beta2', 1.0),
+                       ('dropout', 1.0)):
+        if not 0.0 <= globals()[key] < upper:
+            raise UserError(f"{key}: expected a number >= 0{f' and < {upper}' if upper < math.inf else ''}, "
+                            f"got {globals()[key]}")
+    meta = check_data()
+    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt')) if init_from == 'resume' else None
+    if checkpoint is None:
+        model_config = model_config_from_globals(meta['vocab_size']) if init_from == 'scratch' else \
+            model_config_from_hf(meta)
+        reset_orchestrator(load_schedule_file(scaling_schedule_file) if scaling_schedule_file else [])
+    else:
+        model_config = GPTConfig(**checkpoint['model_args'])
+        load_orchestrator_state(checkpoint['orchestrator'])
+        if scaling_schedule_file:
+            check_schedule_matches(load_schedule_file(scaling_schedule_file))
+    plan = validate_schedule(scaling_schedule_file or f"{out_dir}/ckpt.pt (stored schedule)", schedule,
+                             schedule_position, model_config)
+    return model_config, checkpoint, plan
+
+
 def build_optimizer():
     """A new AdamW for the model as it is now (and its training flops, for the counters)."""
     global optimizer, optimizer_names, flops_per_token, flops_per_forward
@@ -1195,20 +1293,6 @@ def build_run(model_config, checkpoint):
     wrap_model()
 
 
-def rebuild_after_growth(lineage):
-    """After a growth op: a new optimizer, its state carried through the lineage (or reset, by
-    growth_optimizer_state), ranks checked to agree, new wrappers."""
-    old_states = {optimizer_names[p]: state for p, state in optimizer.state.items()}
-    build_optimizer()
-    carried = carry_optimizer_state(old_states, optimizer, lineage) if growth_optimizer_state == 'carry' else 0
-    if ddp and check_rank_consistency:
-        assert_ranks_agree()
-    wrap_model()
-    if master_process:
-        n_tensors = sum(len(g['params']) for g in optimizer.param_groups)
-        print(f"optimizer rebuilt: {carried} of {n_tensors} tensors carried their state over")
-
-
 def position_checksum(tensors, chunk=2**20):
     """One float64 sum of all values, each weighted by its position in its tensor, so that rows in
     another order (e.g. other widen_mlp replicas) count. Taken in chunks: the float64 copy and the
@@ -1234,6 +1318,20 @@ def assert_ranks_agree():
         raise RuntimeError(f"DDP ranks disagree after a growth op: parameter checksums {[g.item() for g in gathered]}")
 
 
+def rebuild_after_growth(lineage):
+    """After a growth op: a new optimizer, its state carried through the lineage (or reset, by
+    growth_optimizer_state), ranks checked to agree, new wrappers."""
+    old_states = {optimizer_names[p]: state for p, state in optimizer.state.items()}
+    build_optimizer()
+    carried = carry_optimizer_state(old_states, optimizer, lineage) if growth_optimizer_state == 'carry' else 0
+    if ddp and check_rank_consistency:
+        assert_ranks_agree()
+    wrap_model()
+    if master_process:
+        n_tensors = sum(len(g['params']) for g in optimizer.param_groups)
+        print(f"optimizer rebuilt: {carried} of {n_tensors} tensors carried their state over")
+
+
 def write_checkpoint(config, wandb_run):
     """All ranks call this (the rng states are gathered); rank 0 writes."""
     rng = [rng_state(data_generator)]
@@ -1255,7 +1353,7 @@ def evaluate(splits=('train', 'val')):
     return estimate_loss(eval_model, ctx, ddp_rank, ddp, splits)
 
 
-def reevaluate():
+def reevaluate_val_loss():
     """The val loss after an operation (reevaluate: true); the train split is not needed."""
     return evaluate(('val',))['val']
 
@@ -1270,6 +1368,32 @@ def eval_event(losses, elapsed_s):
                 lr_decay_iters=effective_lr_decay_iters(), n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
                 n_hidden=c.n_hidden, params=model.get_num_params(), flops=progress['flops'],
                 eval_flops=progress['eval_flops'], mask=ramp_mask(it), elapsed_s=elapsed_s)
+
+
+def step_is_finite(iter_num, loss, grad_norm):
+    """Stop at a non-finite loss or gradient norm, or skip up to skip_nonfinite_steps in a row.
+    The check is a host-device sync: on cuda it is taken at log intervals only, unless steps are to
+    be skipped (a non-finite step in between is then caught there, and by the eval before any checkpoint).
+    Under DDP the ranks agree on the decision with one small all-reduce, where the check runs."""
+    global nonfinite_in_a_row
+    if device_type == 'cuda' and not skip_nonfinite_steps and iter_num % log_interval:
+        return True
+    nonfinite = ~torch.isfinite(loss.detach().view(1))
+    if grad_norm is not None and not scaler.is_enabled():  # with fp16 the grad scaler handles inf gradients itself
+        nonfinite |= ~torch.isfinite(grad_norm.view(1))
+    if ddp:  # the loss is this rank's own: every rank must skip or stop together, or the others hang or diverge
+        nonfinite = nonfinite.int()
+        dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
+    if not bool(nonfinite):
+        nonfinite_in_a_row = 0
+        return True
+    nonfinite_in_a_row += 1
+    if nonfinite_in_a_row > skip_nonfinite_steps:
+        raise UserError(f"non-finite loss or gradient norm at iteration {iter_num}; stopping "
+                        f"(the checkpoint in {out_dir}, if any, is left as it was)")
+    if master_process:
+        print(f"iter {iter_num}: non-finite loss or gradient norm, step skipped ({nonfinite_in_a_row} in a row)")
+    return False
 
 
 def train_step(iter_num):
@@ -1300,35 +1424,6 @@ def train_step(iter_num):
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss, micro_steps, micro_steps * ddp_world_size * step_batch_size * block_size, applied
-
-
-nonfinite_in_a_row = 0
-
-
-def step_is_finite(iter_num, loss, grad_norm):
-    """Stop at a non-finite loss or gradient norm, or skip up to skip_nonfinite_steps in a row.
-    The check is a host-device sync: on cuda it is taken at log intervals only, unless steps are to
-    be skipped (a non-finite step in between is then caught there, and by the eval before any checkpoint).
-    Under DDP the ranks agree on the decision with one small all-reduce, where the check runs."""
-    global nonfinite_in_a_row
-    if device_type == 'cuda' and not skip_nonfinite_steps and iter_num % log_interval:
-        return True
-    nonfinite = ~torch.isfinite(loss.detach().view(1))
-    if grad_norm is not None and not scaler.is_enabled():  # with fp16 the grad scaler handles inf gradients itself
-        nonfinite |= ~torch.isfinite(grad_norm.view(1))
-    if ddp:  # the loss is this rank's own: every rank must skip or stop together, or the others hang or diverge
-        nonfinite = nonfinite.int()
-        dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
-    if not bool(nonfinite):
-        nonfinite_in_a_row = 0
-        return True
-    nonfinite_in_a_row += 1
-    if nonfinite_in_a_row > skip_nonfinite_steps:
-        raise UserError(f"non-finite loss or gradient norm at iteration {iter_num}; stopping "
-                        f"(the checkpoint in {out_dir}, if any, is left as it was)")
-    if master_process:
-        print(f"iter {iter_num}: non-finite loss or gradient norm, step skipped ({nonfinite_in_a_row} in a row)")
-    return False
 
 
 def step_flops(tokens, micro_steps):
@@ -1409,7 +1504,7 @@ def main():
             # here with a larger max_iters continues exactly; an extra final eval off the grid only reports
             if on_eval_grid:
                 record_eval(progress['flops'], val_loss)
-                val_loss = run_orchestrator(iter_num, val_loss, reevaluate, rebuild_after_growth, log_event)
+                val_loss = run_orchestrator(iter_num, val_loss, reevaluate_val_loss, rebuild_after_growth, log_event)
                 progress['next_eval_iter'] = iter_num + effective_eval_interval()
             # val_loss None: the model's function changed and was not measured again; the next eval sets the best
             improved = val_loss is not None and val_loss < progress['best_val_loss']
@@ -1446,19 +1541,6 @@ def main():
 
     if ddp:
         dist.destroy_process_group()
-
-
-def check_schedule_matches(entries):
-    """On resume with a schedule file: the entries already run must be the file's first entries."""
-    for done in executed_ops:
-        index = done['index']
-        if index >= len(entries) or any(entries[index].get(k) != done.get(k) for k in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS):
-            found = json.dumps(entries[index]) if index < len(entries) else 'nothing'
-            raise ScheduleError(scaling_schedule_file, index, None,
-                                f"the checkpoint already ran {json.dumps({k: done[k] for k in ENTRY_KEYS})} "
-                                f"at iter {done['iter']}, but the file now has {found} here; "
-                                "resume with the original schedule, or with no scaling_schedule_file")
-    schedule[:] = entries[len(executed_ops):]
 
 
 def run_from_command_line(argv):
