@@ -24,7 +24,7 @@ temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 
 top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability
 seed = 1337
 device = 'cuda'  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc.
-dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16'
+dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if torch.cuda.is_available() else 'float32'
 compile = False  # use PyTorch 2.0 to compile the model to be faster
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 # -----------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def main():
     torch.cuda.manual_seed(seed)
     device_type = 'cuda' if 'cuda' in device else 'cpu'
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-    ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+    ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
     checkpoint = train.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     encode, decode = codec(checkpoint)
