@@ -468,9 +468,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(data_dir, tmp_path):
                       f'--scaling_schedule_file={schedule}', '--dry_run=True')
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"plan: {len(RUN_SCHEDULE)} operations" in result.stdout
-    for index, entry in enumerate(RUN_SCHEDULE):
-        fires = f"val loss < {entry['trigger_loss']:g} or {entry['max_wait_iters']} iters after the previous op"
-        assert f"  [{index}] {entry['name']}({json.dumps(entry['value'])}) when {fires}\n      then lr " in result.stdout
+    for index, row in enumerate(RUN_SCHEDULE):
+        fires = f"val loss < {row['trigger_loss']:g} or {row['max_wait_iters']} iters after the previous op"
+        assert (f"  [{index}] {row['name']}({json.dumps(row['value'])}) when {fires}\n"
+                "      then peak lr ") in result.stdout
     assert "batch 16 x accum 2" in result.stdout
     assert 'SCALING OPERATION' not in result.stdout and 'step 0' not in result.stdout
     assert not out_dir.exists()

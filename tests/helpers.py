@@ -181,5 +181,5 @@ train.run_from_command_line(sys.argv[1:])
 
 def skipped_steps(stdout):
     """(iter, how many in a row) of every step skipped for a non-finite loss, as rank 0 logged them."""
-    return [(int(m[0]), int(m[1])) for m in
-            re.findall(r'^iter (\d+): non-finite loss or gradient norm, step skipped \((\d+) in a row\)$', stdout, re.M)]
+    pattern = r'^iter (\d+): non-finite loss or gradient norm, step skipped \((\d+) in a row\)$'
+    return [(int(m[0]), int(m[1])) for m in re.findall(pattern, stdout, re.M)]

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import train
-from helpers import SHAKESPEARE, describe_run, read_events, run_train, train_args, write_char_data, write_schedule
+from helpers import (SHAKESPEARE, describe_run, entry, read_events, run_train, train_args, write_char_data,
+                     write_schedule)
 from model import GPT, GPTConfig
 
 TOL = 1e-5
@@ -670,10 +671,9 @@ def test_checkpoint_round_trip_after_growth(case):
 def test_train_run_with_growth_schedule(tmp_path):
     vocab = write_char_data(tmp_path / 'data')
     schedule = [
-        dict(name='stack_layers', value=2, trigger_loss=0.0, max_wait_iters=20, reevaluate=True),
-        dict(name='widen_mlp', value=2.0, trigger_loss=0.0, max_wait_iters=20, reevaluate=True),
-        dict(name='msg_add_heads', value=dict(n_new_heads=1, anneal_iters=20), trigger_loss=0.0,
-             max_wait_iters=20, reevaluate=True),
+        entry('stack_layers', 2, max_wait_iters=20, reevaluate=True),
+        entry('widen_mlp', 2.0, max_wait_iters=20, reevaluate=True),
+        entry('msg_add_heads', dict(n_new_heads=1, anneal_iters=20), max_wait_iters=20, reevaluate=True),
     ]
     schedule_file = write_schedule(tmp_path / 'schedule.json', schedule)
     out = tmp_path / 'out'

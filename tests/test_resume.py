@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import train
-from helpers import (assert_same_state, describe_run, file_state, read_events, run_train, trained_runs,
+from helpers import (assert_same_state, describe_run, entry, file_state, read_events, run_train, trained_runs,
                      without_elapsed, write_schedule)
 from model import GPT, GPTConfig
 
@@ -211,14 +211,8 @@ def test_grown_checkpoint_rebuilds_the_model(runs, monkeypatch):
 def test_resume_keeps_the_slope_history(tmp_path):
     """A slope-triggered entry straddling the resume point fires at the same eval: the evals since the
     previous op (flops, val loss) are in the checkpoint. -1e9 fires at the third eval with flops > 0."""
-    data = tmp_path / 'data'
-    write_char_data(data)
-    schedule = write_schedule(tmp_path / 'slope.json', [
-        dict(name='change_lr', value=0.5, trigger_loss=0.0, max_wait_iters=10**6, reevaluate=False,
-             trigger_slope=-1e9)])
-
-    def args(out, **overrides):
-        return train_args(data, out, scaling_schedule_file=schedule, always_save_checkpoint=True, **overrides)
+    args = trained_runs(tmp_path, [dict(entry('change_lr', 0.5, max_wait_iters=10**6), trigger_slope=-1e9)],
+                        always_save_checkpoint=True)['args']
 
     for name, iters in (('full', 40), ('half', 20)):
         result = run_train(args(tmp_path / name, max_iters=iters))
