@@ -663,7 +663,8 @@ class GPT(nn.Module):
                 dim, fresh = 0, torch.full((n_new,), 1.0 if attr == 'weight' else 0.0)
             elif module_name.endswith('c_proj'):  # writes into the residual stream: rows grow
                 dim = 0
-                fresh = torch.zeros(n_new) if attr == 'bias' else torch.randn((n_new, p.shape[1]), generator=generator).mul_(std_proj)
+                fresh = torch.zeros(n_new) if attr == 'bias' else \
+                    torch.randn((n_new, p.shape[1]), generator=generator).mul_(std_proj)
             elif attr == 'weight':  # reads the residual stream (c_attn, c_fc) or is an embedding: columns grow
                 dim, fresh = 1, torch.randn((p.shape[0], n_new), generator=generator).mul_(INIT_STD)
             else:
