@@ -1,6 +1,7 @@
 """
 Shared helpers for tests that run train.py: tiny char-level data made in the test's tmp_path,
-a tiny CPU fp32 command line, a subprocess runner, and the event log reader.
+schedule entries (entry) and files, what a module's runs share (trained_runs), a tiny CPU fp32
+command line, a subprocess runner, the event log reader, and a train.py with NaN losses (NAN_TRAIN).
 Add functions here; never rename or remove one (other test files use them).
 """
 
