@@ -121,13 +121,13 @@ def run_train(out_dir, config_file, args, reuse, threads):
     return read_events(out_dir)
 
 
-def run_all(jobs, runs, args):
-    """runs: {name: train.py args}. Returns {name: (evals, ops)}, jobs at a time."""
+def run_all(runs, args):
+    """runs: {name: train.py args}. Returns {name: (evals, ops)}, args.jobs at a time."""
     threads = 1 if args.jobs > 1 else 0
 
     def one(name):
         return name, run_train(os.path.join(args.out_dir, name), args.config, runs[name], args.reuse, threads)
-    with ThreadPoolExecutor(jobs) as pool:
+    with ThreadPoolExecutor(args.jobs) as pool:
         return dict(pool.map(one, runs))
 
 
@@ -199,7 +199,7 @@ def main():
             for family in families:
                 iters = round(budget * args.ref_iters)
                 runs[ladder_name(budget, family, seed)] = [*common, *static_args(final, iters, family, setting)]
-    results = run_all(args.jobs, runs, args)
+    results = run_all(runs, args)
     if args.ladder_only:
         for name, result in results.items():
             print(f"{name}: final val {final_val(result):.4f}, training flops {final_flops(result):.3e}")
@@ -216,7 +216,7 @@ def main():
                 final, max(1, round(budget / large_per_iter)), family, setting)]
         runs[f"static-small-{growth_name}-seed{seed}"] = [*common, *static_args(
             small, max(1, round(budget / small_per_iter)), setting['lr_schedule'], setting)]
-    results.update(run_all(args.jobs, runs, args))
+    results.update(run_all(runs, args))
 
     rows = []
     for seed in seeds:
