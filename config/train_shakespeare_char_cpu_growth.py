@@ -1,8 +1,8 @@
 # the growth recipe for the CPU testbed: it ends as the CPU recipe's model (4 layers x 128, mlp 512)
-# but trains 1 layer for 7000 iters and stacks it to 4 for the last 699 (configs/shakespeare_char_
-# cpu_growth.yaml), under a warmup-stable-decay lr schedule. 7699 iters use half the training FLOPs
-# of 5000 iters of the 4-layer model (the reference in bench_growth.py); see docs/growth_recipes.md
-# for the recipes measured (on this testbed growing late pays most).
+# but trains 1 layer for 8000 iters and grows it to 4 by masked growth for the last 441 (configs/
+# shakespeare_char_cpu_growth.yaml), under a warmup-stable-decay lr schedule. 8441 iters use half the
+# training FLOPs of 5000 iters of the 4-layer model (the reference in bench_growth.py); see
+# docs/growth_recipes.md for the recipes measured (on this testbed growing late pays most).
 #
 # $ python train.py config/train_shakespeare_char_cpu_growth.py
 # $ python bench_growth.py   # growth vs static-large at matched compute, each on its own schedule
@@ -31,8 +31,8 @@ dropout = 0.0
 
 learning_rate = 1e-3
 lr_schedule = 'wsd'  # warmup 100, the peak until the last fifth, then a 1 - sqrt cooldown to min_lr
-max_iters = 7699
-lr_decay_iters = 7699
+max_iters = 8441
+lr_decay_iters = 8441
 min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100
