@@ -891,6 +891,8 @@ def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_ev
             break
         changes = execute_operation(entry, reason, iter_num, val_loss, on_growth)
         val_loss_after = reevaluate() if entry['reevaluate'] and reevaluate is not None else None
+        if val_loss_after is not None and master_process:
+            print(f"reevaluate: val loss {val_loss:.4f} before {entry['name']}, {val_loss_after:.4f} after")
         if log_event is not None:
             log_event(dict(event='op', iter=iter_num, name=entry['name'], value=entry['value'], reason=reason,
                            val_loss_before=val_loss, val_loss_after=val_loss_after,

@@ -22,7 +22,7 @@ def runs(tmp_path_factory):
 
 def run(runs, tmp_path, entries, **overrides):
     """A run with these schedule entries; returns (its evals by iter, its op events, the iters whose
-    eval saved a checkpoint, the final checkpoint)."""
+    eval saved a checkpoint, the final checkpoint, its log)."""
     out = tmp_path / 'out'
     schedule = write_schedule(tmp_path / 'schedule.json', entries)
     result = run_train(runs['args'](out, scaling_schedule_file=schedule, **overrides))
@@ -36,13 +36,13 @@ def run(runs, tmp_path, entries, **overrides):
     events = read_events(out)
     evals = {e['iter']: e for e in events if e['event'] == 'eval'}
     ops = [e for e in events if e['event'] == 'op']
-    return evals, ops, saved, torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
+    return evals, ops, saved, torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True), result.stdout
 
 
 def test_reevaluate_measures_the_val_split_only(runs, tmp_path):
     """Evals at 0, 10, 20, 30 measure both splits; the reevaluation after change_lr (iter 10) the val
     split alone. The model is the same, so it measures the same val loss exactly."""
-    evals, ops, _, _ = run(runs, tmp_path, [entry('change_lr', 0.5, max_wait_iters=10, reevaluate=True)])
+    evals, ops, _, _, _ = run(runs, tmp_path, [entry('change_lr', 0.5, max_wait_iters=10, reevaluate=True)])
     one_split = evals[0]['eval_flops'] / 2
     assert evals[10]['eval_flops'] == 4 * one_split
     assert evals[20]['eval_flops'] == 7 * one_split  # 2 evals + 1 reevaluation + 1 eval, two splits each but one
@@ -53,7 +53,7 @@ def test_reevaluate_measures_the_val_split_only(runs, tmp_path):
 def test_best_val_loss_restarts_after_stack_layers(runs, tmp_path):
     """stack_layers at iter 20, not reevaluated: the loss logged at 20 is the model's before the op, so
     that eval saves nothing; the next eval's loss is the grown model's first, so it is saved, as the best."""
-    evals, ops, saved, checkpoint = run(runs, tmp_path, [entry('stack_layers', 2, max_wait_iters=20)])
+    evals, ops, saved, checkpoint, _ = run(runs, tmp_path, [entry('stack_layers', 2, max_wait_iters=20)])
     assert [(op['iter'], op['name'], op['val_loss_after']) for op in ops] == [(20, 'stack_layers', None)]
     assert evals[10]['val_loss'] < evals[0]['val_loss']  # so iter 10 saves, as an improvement
     assert saved == [10, 30]
@@ -65,9 +65,10 @@ def test_best_val_loss_restarts_at_the_reevaluated_loss(runs, tmp_path):
     """stack_layers at iter 20 to four copies of the layer, reevaluated: the grown model's loss is measured
     at once; it is the new best, and saved there, though it is worse than the best loss of the model
     before the op."""
-    evals, ops, saved, checkpoint = run(runs, tmp_path, [entry('stack_layers', [0, 0, 0, 0], max_wait_iters=20,
+    evals, ops, saved, checkpoint, log = run(runs, tmp_path, [entry('stack_layers', [0, 0, 0, 0], max_wait_iters=20,
                                                                reevaluate=True)], learning_rate=1e-2)
     grown = ops[0]['val_loss_after']
+    assert f"reevaluate: val loss {ops[0]['val_loss_before']:.4f} before stack_layers, {grown:.4f} after" in log
     assert grown > evals[10]['val_loss']  # the layer applied four times: worse than the best loss before
     assert saved[:2] == [10, 20]
     best = min(grown, evals[30]['val_loss'])
