@@ -1542,6 +1542,7 @@ def main():
         local_iter_num += 1
 
     if ddp:
+        dist.barrier()  # every rank done with the group before any tears it down (gloo aborts otherwise, now and then)
         dist.destroy_process_group()
 
 

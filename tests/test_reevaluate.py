@@ -66,7 +66,7 @@ def test_best_val_loss_restarts_at_the_reevaluated_loss(runs, tmp_path):
     at once; it is the new best, and saved there, though it is worse than the best loss of the model
     before the op."""
     evals, ops, saved, checkpoint, log = run(runs, tmp_path, [entry('stack_layers', [0, 0, 0, 0], max_wait_iters=20,
-                                                               reevaluate=True)], learning_rate=1e-2)
+                                                                    reevaluate=True)], learning_rate=1e-2)
     grown = ops[0]['val_loss_after']
     assert f"reevaluate: val loss {ops[0]['val_loss_before']:.4f} before stack_layers, {grown:.4f} after" in log
     assert grown > evals[10]['val_loss']  # the layer applied four times: worse than the best loss before
