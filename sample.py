@@ -40,7 +40,8 @@ def load_model(checkpoint):
 
 
 def codec(checkpoint):
-    """(encode, decode) from the run's meta.pkl: characters, or GPT-2 BPE through tiktoken."""
+    """(encode, decode) from the run's meta.pkl: characters, UTF-8 bytes (invalid UTF-8 decodes to
+    replacement characters), or GPT-2 BPE through tiktoken."""
     config = checkpoint['config']
     path = os.path.join(config['data_dir'] or os.path.join('data', config['dataset']), 'meta.pkl')
     if not os.path.isfile(path):
@@ -51,6 +52,8 @@ def codec(checkpoint):
         import tiktoken
         enc = tiktoken.get_encoding('gpt2')
         return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+    if meta.get('tokenizer') == 'bytes':
+        return (lambda s: list(s.encode('utf-8'))), (lambda tokens: bytes(tokens).decode('utf-8', errors='replace'))
     stoi, itos = meta['stoi'], meta['itos']
     return (lambda s: [stoi[c] for c in s]), (lambda tokens: ''.join(itos[i] for i in tokens))
 
