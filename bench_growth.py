@@ -1,38 +1,46 @@
 """
-Growth vs static at matched compute: every run trains on its own complete lr schedule for its own
-training-FLOPs budget, on the same data and the same fixed eval batches.
+Growth vs static training at matched compute: every run trains on its own complete lr schedule for
+its own training-FLOPs budget, on the same data and the same fixed eval batches.
 
 For each seed it trains, through train.py:
-  growth        the config with its schedule, as shipped; its training FLOPs / F_ref is its budget
-  static-large  the schedule's final architecture from scratch, at budgets --ladder x F_ref, where
-                F_ref is --ref_iters iters of it; max_iters and the lr schedule (lr_decay_iters and
-                an explicit cooldown_iters) scale with the budget, warmup does not. Each budget runs
-                with every --static_schedules family and the better final val counts
-  matched       static-large at exactly the growth run's budget (both families again)
-  static-small  the schedule's first architecture at the growth run's budget, the growth run's family
-and reports per seed: growth's final val, static-large's at the same budget and at 1.0, and the
-compute-equivalent speedup: the static FLOPs that reach growth's final val (linear interpolation of
-final val against log FLOPs along the ladder, matched run included; "extrapolated" beyond its ends)
-divided by the growth run's FLOPs.
+  growth     the config with its schedule; its training FLOPs are its budget C_growth
+  sizes      every static size of --sizes (a table of architectures, each with the peak lr of its own
+             sweep; without one, the schedule's first and final architectures at the config's lr) at
+             the budgets --ladder x F_ref and at C_growth. F_ref is --ref_iters iters of the schedule's
+             final architecture. max_iters and the lr schedule scale with the budget, warmup does not.
+With wsd all budgets of one size share the stable phase: it runs once per size and seed, in segments
+that end at each budget's cooldown start, and each budget's cooldown branches from there (resumed
+from the segment's checkpoint, bit for bit the run that budget would be on its own). Other families
+(--static_schedules=cosine,wsd) run each budget separately; a budget counts its best family.
 
-$ python bench_growth.py                                   # the shipped CPU recipe, seeds 1,2,3
-$ python bench_growth.py --seeds=1 --jobs=2 --reuse        # two runs at a time, one thread each
+Per seed it reports the growth run's final val, the same-size static (the schedule's final
+architecture) at C_growth, the envelope at C_growth (the best static size there) and two speedups:
+vs same size, the static FLOPs of that size that reach growth's final val (linear in log FLOPs along
+its budgets) over C_growth; vs envelope, C_env(L) / C_growth, where C_env is the lower convex hull of
+every static (FLOPs, final val) against log FLOPs. Beyond the measured range: "extrapolated".
+
+$ python bench_growth.py --jobs=2                     # tiny shakespeare, the shipped CPU recipe, seeds 1,2,3
+$ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=configs/gutenberg_cpu_sizes.yaml \
+      --ladder=0.25,0.5,1.0 --ref_iters=12000 --jobs=2 --report=docs/growth_vs_envelope
+$ python bench_growth.py ... --lr_sweep=0.5,1,2       # each size at its table lr times each factor, one budget
 
 Writes REPORT.md and REPORT.png (default docs/growth_vs_static); the run folders go to --out_dir.
-Its last line is speedup_median=.. budget_ratio_median=.. growth_val_median=.. static_ref_val_median=..
-matched_wins=k/n.
+Its last line is speedup_envelope_median=.. speedup_same_size_median=.. budget_ratio_median=..
+growth_val_median=.. envelope_wins=k/n same_size_wins=k/n.
 """
 
 import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import torch
+import yaml
 
 import train
 from configurator import configure
@@ -43,16 +51,18 @@ ARCH_KEYS = ('n_layer', 'n_head', 'head_size', 'n_embd', 'n_hidden')
 
 
 def load_setting(config_file, schedule_file, overrides):
-    """train's globals for the growth config, and the (start, final) architecture of its schedule."""
+    """train's globals for the growth config, its schedule file, and the (start, final) architecture
+    of the schedule."""
     defaults = {k: getattr(train, k) for k in train.config_keys}
     setting = configure([config_file, *overrides], defaults, verbose=False)
     vars(train).update(setting)
+    schedule_file = schedule_file or setting['scaling_schedule_file']
     start = train.model_config_from_globals(train.check_data()['vocab_size'])
     entries = train.load_schedule_file(schedule_file)
     train.reset_orchestrator(entries)
     plan = train.validate_schedule(schedule_file, entries, 0, start)
     final = plan[-1] if plan else {k: getattr(start, k) for k in ARCH_KEYS}
-    return setting, start, {k: final[k] for k in ARCH_KEYS}
+    return setting, schedule_file, start, {k: final[k] for k in ARCH_KEYS}
 
 
 def flops_per_iter(start, arch, setting):
@@ -64,15 +74,85 @@ def flops_per_iter(start, arch, setting):
     return model.flops_per_token() * tokens
 
 
-def static_args(arch, iters, family, setting):
-    """A static run of `iters` iters with its own complete lr schedule of this family; a wsd
-    cooldown takes the same fraction of the run as in the growth config."""
-    args = ['--scaling_schedule_file=', *[f'--{k}={v}' for k, v in arch.items()], f'--max_iters={iters}',
-            f'--lr_decay_iters={iters}', f'--lr_schedule={family}']
+def size_name(arch):
+    return f"{arch['n_layer']}x{arch['n_embd']}" + (f"-mlp{arch['n_hidden']}" if arch['n_hidden'] != 4 * arch['n_embd'] else '')
+
+
+def read_sizes(path, start, final, setting):
+    """The static sizes: [{name, arch, lr, min_lr}]. A table (YAML or JSON list) gives per row any
+    architecture keys (the rest are the final architecture's), learning_rate, and optionally min_lr
+    and name; min_lr defaults to the config's min_lr / learning_rate ratio. Without a table: the
+    schedule's first and final architectures at the config's lr."""
+    ratio = setting['min_lr'] / setting['learning_rate']
+    if not path:
+        rows = [{k: getattr(start, k) for k in ARCH_KEYS}, final]
+        rows = [dict(row, learning_rate=setting['learning_rate']) for i, row in enumerate(rows) if row not in rows[:i]]
+    else:
+        with open(path) as f:
+            rows = yaml.safe_load(f)
+        if not isinstance(rows, list) or not rows:
+            sys.exit(f"bench_growth: {path}: expected a non-empty list of sizes")
+    sizes = []
+    for i, row in enumerate(rows):
+        where = f"bench_growth: {path}: entry {i}"
+        unknown = set(row) - {*ARCH_KEYS, 'learning_rate', 'min_lr', 'name'} if isinstance(row, dict) else None
+        if unknown is None or unknown:
+            sys.exit(f"{where}: expected a mapping of {', '.join(ARCH_KEYS)}, learning_rate, min_lr, name; "
+                     f"got {sorted(unknown) if unknown else row!r}")
+        for key in ('learning_rate', 'min_lr', *ARCH_KEYS):
+            if key in row and (isinstance(row[key], bool) or not isinstance(row[key], (int, float)) or row[key] < 0):
+                sys.exit(f"{where}: field {key}: expected a number >= 0, got {row[key]!r} (YAML reads 4e-3 as text: write 0.004)")
+        if 'learning_rate' not in row:
+            sys.exit(f"{where}: field learning_rate: missing (each size runs at the peak lr of its own sweep)")
+        arch = {k: row.get(k, final[k]) for k in ARCH_KEYS}
+        sizes.append(dict(name=str(row.get('name', size_name(arch))), arch=arch, lr=row['learning_rate'],
+                          min_lr=row.get('min_lr', row['learning_rate'] * ratio)))
+    names = [s['name'] for s in sizes]
+    if len(set(names)) < len(names):
+        sys.exit(f"bench_growth: {path}: two sizes share a name ({', '.join(names)}); give each row a name")
+    if final not in [s['arch'] for s in sizes]:
+        sys.exit(f"bench_growth: {path}: no size has the schedule's final architecture {final}")
+    return sizes
+
+
+def cooldown(iters, setting):
+    """The wsd cooldown of a run of `iters`: the same fraction of the run as in the growth config."""
+    fraction = (setting['cooldown_iters'] or setting['lr_decay_iters'] / 5) / setting['lr_decay_iters']
+    return max(1, round(fraction * iters))
+
+
+def cooldown_start(iters, setting):
+    """The iter where a wsd run of `iters` leaves the peak lr (train.scheduled_lr's cooldown_start)."""
+    return max(setting['warmup_iters'], iters - cooldown(iters, setting))
+
+
+def static_args(size, iters, family, setting, decay_iters=None):
+    """A static run of `iters` iters of this size; its lr schedule ends at decay_iters (default iters)."""
+    decay_iters = decay_iters or iters
+    args = ['--scaling_schedule_file=', *[f'--{k}={v}' for k, v in size['arch'].items()],
+            f"--learning_rate={size['lr']}", f"--min_lr={size['min_lr']}", f'--max_iters={iters}',
+            f'--lr_decay_iters={decay_iters}', f'--lr_schedule={family}']
     if family == 'wsd':
-        fraction = (setting['cooldown_iters'] or setting['lr_decay_iters'] / 5) / setting['lr_decay_iters']
-        args.append(f"--cooldown_iters={max(1, round(fraction * iters))}")
+        args.append(f"--cooldown_iters={cooldown(decay_iters, setting)}")
     return args
+
+
+def wsd_branches(prefix, size, budgets, setting, common):
+    """A size's wsd runs at several budgets {label: iters} sharing one stable phase: segments that stop
+    at each budget's cooldown start ({prefix}-stable{iter}), each budget's run resumed from its segment.
+    Returns {name: (train.py args, parent name or None)}, the segments first, and {label: name}."""
+    last = max(budgets.values())
+    runs, names, parent = {}, {}, None
+    for stop in sorted({cooldown_start(iters, setting) for iters in budgets.values()}):
+        name = f"{prefix}-stable{stop}"
+        runs[name] = ([*common, *static_args(size, stop, 'wsd', setting, decay_iters=last),
+                       '--always_save_checkpoint=True'], parent)
+        parent = name
+    for label, iters in budgets.items():
+        names[label] = f"{prefix}-{label}"
+        runs[names[label]] = ([*common, *static_args(size, iters, 'wsd', setting)],
+                              f"{prefix}-stable{cooldown_start(iters, setting)}")
+    return runs, names
 
 
 # keys that cannot change a run without a schedule, and what only names or logs a run
@@ -94,13 +174,18 @@ def run_identity(config_file, args):
     return identity
 
 
-def run_train(out_dir, config_file, args, reuse, threads):
-    """One train.py run, its log in out_dir/train.log. With --reuse a finished run is read back
-    instead of run again, if it would train the same way (run_identity)."""
+def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
+    """One train.py run, its log in out_dir/train.log; with parent_dir, resumed from that run's
+    final checkpoint (its events.jsonl continued). With --reuse a finished run is read back instead
+    of run again, if it would train the same way (run_identity, its parent's included)."""
+    args = [*args, '--init_from=resume'] if parent_dir else args
     log = os.path.join(out_dir, 'train.log')
     command = [sys.executable, 'train.py', config_file, f'--out_dir={out_dir}', *args]
     stamp = os.path.join(out_dir, 'identity.json')
     identity = run_identity(config_file, args)
+    if parent_dir:
+        with open(os.path.join(parent_dir, 'identity.json')) as f:
+            identity['parent'] = json.load(f)
     if reuse and os.path.isfile(stamp) and json.load(open(stamp)) == identity \
             and open(log).read().endswith('RUN FINISHED\n'):
         return read_events(out_dir)
@@ -108,6 +193,8 @@ def run_train(out_dir, config_file, args, reuse, threads):
     for name in ('events.jsonl', 'ckpt.pt', 'identity.json'):
         if os.path.isfile(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
+        if parent_dir and name != 'identity.json':
+            shutil.copyfile(os.path.join(parent_dir, name), os.path.join(out_dir, name))
     print(' '.join(command), flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     with open(log, 'w') as f:
@@ -122,13 +209,22 @@ def run_train(out_dir, config_file, args, reuse, threads):
 
 
 def run_all(runs, args):
-    """runs: {name: train.py args}. Returns {name: (evals, ops)}, args.jobs at a time."""
+    """runs: {name: (train.py args, parent name or None)}. Runs args.jobs at a time, each once its
+    parent has finished, in the order given; returns {name: (evals, ops)}."""
     threads = 1 if args.jobs > 1 else 0
-
-    def one(name):
-        return name, run_train(os.path.join(args.out_dir, name), args.config, runs[name], args.reuse, threads)
+    results, pending, running = {}, dict(runs), {}
     with ThreadPoolExecutor(args.jobs) as pool:
-        return dict(pool.map(one, runs))
+        while pending or running:
+            ready = [name for name, (_, parent) in pending.items() if parent is None or parent in results]
+            for name in ready[:args.jobs - len(running)]:
+                train_args, parent = pending.pop(name)
+                parent_dir = os.path.join(args.out_dir, parent) if parent else None
+                running[pool.submit(run_train, os.path.join(args.out_dir, name), args.config, train_args,
+                                    args.reuse, threads, parent_dir)] = name
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[running.pop(future)] = future.result()
+    return results
 
 
 def final_val(result):
@@ -142,8 +238,10 @@ def final_flops(result):
 
 
 def compute_equivalent(points, target):
-    """Static FLOPs that reach `target`: linear in log FLOPs between the two ladder points around it,
+    """Static FLOPs that reach `target`: linear in log FLOPs between the two points around it,
     (flops, extrapolated?). points: (flops, final val) sorted by flops, val falling with flops."""
+    if len(points) < 2:
+        return math.nan, True
     for (f0, v0), (f1, v1) in zip(points, points[1:]):
         if min(v0, v1) <= target <= max(v0, v1) and v0 != v1:
             return math.exp(math.log(f0) + (target - v0) / (v1 - v0) * (math.log(f1) - math.log(f0))), False
@@ -153,172 +251,207 @@ def compute_equivalent(points, target):
     return math.exp(math.log(f0) + (target - v0) / (v1 - v0) * (math.log(f1) - math.log(f0))), True
 
 
+def lower_hull(points):
+    """The static envelope: the lower convex hull of (flops, val) points against log flops, up to its
+    lowest point, so that val falls with flops along it."""
+    hull = []
+    for x, v in sorted((math.log(f), v) for f, v in points):
+        # drop the last point while it lies on or above the line from the one before it to this one
+        while len(hull) >= 2 and (hull[-1][0] - hull[-2][0]) * (v - hull[-2][1]) \
+                - (hull[-1][1] - hull[-2][1]) * (x - hull[-2][0]) <= 0:
+            hull.pop()
+        hull.append((x, v))
+    lowest = min(range(len(hull)), key=lambda i: hull[i][1])
+    return [(math.exp(x), v) for x, v in hull[:lowest + 1]]
+
+
 def best_of(results, names):
-    """The better (lower final val) of a budget's runs: (name, result)."""
+    """The best (lowest final val) of a budget's runs: (name, result)."""
     return min(((n, results[n]) for n in names), key=lambda nr: final_val(nr[1]))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--config', default='config/train_shakespeare_char_cpu_growth.py')
-    parser.add_argument('--schedule', default='configs/shakespeare_char_cpu_growth.yaml')
+    parser.add_argument('--schedule', default='', help="the growth schedule (default: the config's scaling_schedule_file)")
+    parser.add_argument('--sizes', default='', help="YAML/JSON table of static sizes, each with its tuned learning_rate")
     parser.add_argument('--seeds', default='1,2,3', help="comma-separated seeds")
-    parser.add_argument('--ladder', default='0.4,0.6,0.8,1.0', help="static-large budgets, fractions of F_ref")
-    parser.add_argument('--ref_iters', type=int, default=5000, help="iters of static-large that make F_ref")
-    parser.add_argument('--static_schedules', default='cosine,wsd', help="lr schedule families for static runs")
+    parser.add_argument('--ladder', default='0.4,0.6,0.8,1.0', help="static budgets, fractions of F_ref")
+    parser.add_argument('--ref_iters', type=int, default=5000, help="iters of the final architecture that make F_ref")
+    parser.add_argument('--static_schedules', default='wsd', help="lr schedule families for static runs (cosine,wsd)")
+    parser.add_argument('--lr_sweep', default='', help="factors: run each size at its lr times each factor at "
+                        "--sweep_budget x F_ref (wsd, first seed), print the table, and stop")
+    parser.add_argument('--sweep_budget', type=float, default=0.5)
     parser.add_argument('--jobs', type=int, default=1, help="runs at a time (each on one thread when > 1)")
     parser.add_argument('--out_dir', default='bench-growth')
     parser.add_argument('--report', default='docs/growth_vs_static', help="writes REPORT.md and REPORT.png")
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         help="a train.py override for every run, e.g. --set eval_iters=10 (repeatable)")
     parser.add_argument('--reuse', action='store_true', help="keep runs that already finished in out_dir")
-    parser.add_argument('--ladder_only', action='store_true',
-                        help="run the static-large ladder and stop (it does not depend on the recipe)")
     args = parser.parse_args()
     overrides = [f'--{kv}' for kv in args.set]
     seeds = [int(s) for s in args.seeds.split(',')]
-    ladder = [float(b) for b in args.ladder.split(',')]
+    ladder = sorted({float(b) for b in args.ladder.split(',')})
     families = args.static_schedules.split(',')
 
-    setting, start, final = load_setting(args.config, args.schedule, overrides)
-    small = {k: getattr(start, k) for k in ARCH_KEYS}
-    large_per_iter, small_per_iter = flops_per_iter(start, final, setting), flops_per_iter(start, small, setting)
-    f_ref = large_per_iter * args.ref_iters
-    growth_name = os.path.splitext(os.path.basename(args.schedule))[0]
+    setting, schedule, start, final = load_setting(args.config, args.schedule, overrides)
+    sizes = read_sizes(args.sizes, start, final, setting)
+    per_iter = {s['name']: flops_per_iter(start, s['arch'], setting) for s in sizes}
+    same = next(s['name'] for s in sizes if s['arch'] == final)
+    f_ref = per_iter[same] * args.ref_iters
+    growth_name = os.path.splitext(os.path.basename(schedule))[0]
 
-    def ladder_name(budget, family, seed):
-        return f"static-large-{family}-x{budget:g}-seed{seed}"
+    def iters_at(size, flops):
+        return max(1, round(flops / per_iter[size['name']]))
 
-    # phase 1: the growth runs and the static ladder
-    runs = {}
-    for seed in seeds:
-        common = [f'--seed={seed}', *overrides]
-        if not args.ladder_only:
-            runs[f"growth-{growth_name}-seed{seed}"] = [*common, f'--scaling_schedule_file={args.schedule}']
-        for budget in ladder:
-            for family in families:
-                iters = round(budget * args.ref_iters)
-                runs[ladder_name(budget, family, seed)] = [*common, *static_args(final, iters, family, setting)]
-    results = run_all(runs, args)
-    if args.ladder_only:
-        for name, result in results.items():
-            print(f"{name}: final val {final_val(result):.4f}, training flops {final_flops(result):.3e}")
+    if args.lr_sweep:
+        lr_sweep(args, sizes, setting, overrides, seeds[0], iters_at, f_ref)
         return
 
-    # phase 2: static-large and static-small at exactly each growth run's budget
-    runs = {}
+    # phase 1: the growth runs; phase 2: every size at every ladder budget and at each growth budget
+    growth = run_all({f"growth-{growth_name}-seed{seed}": (
+        [f'--seed={seed}', *overrides, f'--scaling_schedule_file={schedule}'], None) for seed in seeds}, args)
+    runs, static = {}, {}  # static: (size, budget label, seed) -> the names of its runs, one per family
     for seed in seeds:
         common = [f'--seed={seed}', *overrides]
-        growth = results[f"growth-{growth_name}-seed{seed}"]
-        budget = final_flops(growth)
-        for family in families:
-            runs[f"matched-{family}-{growth_name}-seed{seed}"] = [*common, *static_args(
-                final, max(1, round(budget / large_per_iter)), family, setting)]
-        runs[f"static-small-{growth_name}-seed{seed}"] = [*common, *static_args(
-            small, max(1, round(budget / small_per_iter)), setting['lr_schedule'], setting)]
-    results.update(run_all(runs, args))
+        budgets = {**{f"x{b:g}": b * f_ref for b in ladder},
+                   f"matched-{growth_name}": final_flops(growth[f"growth-{growth_name}-seed{seed}"])}
+        for size in sizes:
+            for family in families:
+                prefix = f"static-{size['name']}-{family}"
+                if family == 'wsd':
+                    branch_runs, names = wsd_branches(f"{prefix}-seed{seed}", size, {
+                        f"{label}": iters_at(size, flops) for label, flops in budgets.items()}, setting, common)
+                    runs.update(branch_runs)
+                else:
+                    names = {label: f"{prefix}-{label}-seed{seed}" for label in budgets}
+                    runs.update({names[label]: ([*common, *static_args(size, iters_at(size, flops), family, setting)],
+                                                None) for label, flops in budgets.items()})
+                for label in budgets:
+                    static.setdefault((size['name'], label, seed), []).append(names[label])
+    results = {**growth, **run_all(runs, args)}
+    report(args, results, static, sizes, same, seeds, ladder, growth_name, f_ref, overrides, families)
+
+
+def report(args, results, static, sizes, same, seeds, ladder, growth_name, f_ref, overrides, families):
+    """The per-seed table, each size's final val at each budget, the picture and the summary line."""
+    matched = f"matched-{growth_name}"
+    labels = [f"x{b:g}" for b in ladder] + [matched]
+
+    def best(size, label, seed):
+        return best_of(results, static[(size, label, seed)])[1]
 
     rows = []
     for seed in seeds:
         growth = results[f"growth-{growth_name}-seed{seed}"]
-        budget = final_flops(growth)
-        matched = best_of(results, [f"matched-{f}-{growth_name}-seed{seed}" for f in families])
-        statics = [best_of(results, [ladder_name(b, f, seed) for f in families])[1] for b in ladder] + [matched[1]]
-        equivalent, extrapolated = compute_equivalent(sorted((final_flops(r), final_val(r)) for r in statics),
-                                                      final_val(growth))
-        reference = best_of(results, [ladder_name(1.0, f, seed) for f in families]) if 1.0 in ladder else None
-        rows.append(dict(seed=seed, growth=final_val(growth), budget=budget / f_ref,
-                         matched=final_val(matched[1]), matched_family=matched[0].split('-')[1],
-                         reference=final_val(reference[1]) if reference else math.nan,
-                         reference_family=reference[0].split('-')[2] if reference else '-',
-                         small=final_val(results[f"static-small-{growth_name}-seed{seed}"]),
-                         speedup=equivalent / budget, extrapolated=extrapolated))
+        budget, val = final_flops(growth), final_val(growth)
+        points = {s['name']: sorted((final_flops(best(s['name'], label, seed)), final_val(best(s['name'], label, seed)))
+                                    for label in labels) for s in sizes}
+        hull = lower_hull([p for size_points in points.values() for p in size_points])
+        env_flops, env_extrapolated = compute_equivalent(hull, val)
+        same_flops, same_extrapolated = compute_equivalent(points[same], val)
+        envelope_size = min(sizes, key=lambda s: final_val(best(s['name'], matched, seed)))['name']
+        rows.append(dict(seed=seed, growth=val, budget=budget / f_ref, same=final_val(best(same, matched, seed)),
+                         envelope=final_val(best(envelope_size, matched, seed)), envelope_size=envelope_size,
+                         speedup_envelope=env_flops / budget, envelope_extrapolated=env_extrapolated,
+                         speedup_same=same_flops / budget, same_extrapolated=same_extrapolated, hull=hull))
 
-    lines = [f"# growth vs static at matched compute: {args.config} + {args.schedule}",
-             '', f"seeds {','.join(map(str, seeds))}; overrides {' '.join(overrides) or 'none'}; "
-             f"F_ref = {args.ref_iters} iters of static-large = {f_ref:.3e} training FLOPs; ladder "
-             f"{args.ladder} x F_ref, each budget the better of {', '.join(families)}",
-             '', f"start architecture {small}, final architecture {final}", '',
-             "| seed | growth budget (x F_ref) | growth final val | static-large same budget | "
-             "static-large 1.0 x F_ref | static-small same budget | compute-equivalent speedup | "
-             "growth wins matched |", "|---|---|---|---|---|---|---|---|"]
+    def extrapolated(flag):
+        return ' (extrapolated)' if flag else ''
+
+    lines = [f"# growth vs the static envelope at matched compute: {args.config} + {growth_name}", '',
+             f"seeds {','.join(map(str, seeds))}; overrides {' '.join(overrides) or 'none'}; F_ref = {args.ref_iters} "
+             f"iters of the final architecture ({same}) = {f_ref:.3e} training FLOPs; static budgets {args.ladder} "
+             f"x F_ref and each growth run's budget, each the best of {', '.join(families)}; sizes "
+             + ', '.join(f"{s['name']} (lr {s['lr']:g})" for s in sizes), '',
+             "| seed | growth budget (x F_ref) | growth final val | same size, same budget | envelope, same budget "
+             "(size) | speedup vs envelope | speedup vs same size |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['budget']:.3f} | {r['growth']:.4f} | {r['matched']:.4f} "
-                     f"({r['matched_family']}) | {r['reference']:.4f} ({r['reference_family']}) | "
-                     f"{r['small']:.4f} | {r['speedup']:.2f}{' (extrapolated)' if r['extrapolated'] else ''} | "
-                     f"{r['growth'] < r['matched']} |")
-    lines += ['', "static-large final val along the ladder (better family):", '',
-              "| seed | " + ' | '.join(f"{b:g} x F_ref" for b in ladder) + " |",
-              "|---|" + '---|' * len(ladder)]
+        lines.append(f"| {r['seed']} | {r['budget']:.3f} | {r['growth']:.4f} | {r['same']:.4f} | {r['envelope']:.4f} "
+                     f"({r['envelope_size']}) | {r['speedup_envelope']:.2f}{extrapolated(r['envelope_extrapolated'])} | "
+                     f"{r['speedup_same']:.2f}{extrapolated(r['same_extrapolated'])} |")
+    lines += ['', "each static size's final val at each budget (bold: the envelope there):", '',
+              "| seed | size | " + ' | '.join(f"{b:g} x F_ref" for b in ladder) + " | growth budget |",
+              "|---|---|" + '---|' * len(labels)]
     for seed in seeds:
-        vals = [final_val(best_of(results, [ladder_name(b, f, seed) for f in families])[1]) for b in ladder]
-        lines.append(f"| {seed} | " + ' | '.join(f"{v:.4f}" for v in vals) + " |")
-    lines += ['', "every static run, final val by family:", '', "| seed | budget | " + ' | '.join(families) + " |",
-              "|---|---|" + '---|' * len(families)]
-    for seed in seeds:
-        for budget in ladder:
-            vals = [final_val(results[ladder_name(budget, f, seed)]) for f in families]
-            lines.append(f"| {seed} | {budget:g} | " + ' | '.join(f"{v:.4f}" for v in vals) + " |")
-        vals = [final_val(results[f"matched-{f}-{growth_name}-seed{seed}"]) for f in families]
-        lines.append(f"| {seed} | matched | " + ' | '.join(f"{v:.4f}" for v in vals) + " |")
+        lowest = {label: min(final_val(best(s['name'], label, seed)) for s in sizes) for label in labels}
+        for s in sizes:
+            cells = [final_val(best(s['name'], label, seed)) for label in labels]
+            lines.append(f"| {seed} | {s['name']} | " + ' | '.join(
+                f"**{v:.4f}**" if v == lowest[label] else f"{v:.4f}" for v, label in zip(cells, labels)) + " |")
 
     median = statistics.median
-    wins = sum(r['growth'] < r['matched'] for r in rows)
-    summary = (f"speedup_median={median(r['speedup'] for r in rows):.3f} "
+    summary = (f"speedup_envelope_median={median(r['speedup_envelope'] for r in rows):.3f} "
+               f"speedup_same_size_median={median(r['speedup_same'] for r in rows):.3f} "
                f"budget_ratio_median={median(r['budget'] for r in rows):.3f} "
                f"growth_val_median={median(r['growth'] for r in rows):.4f} "
-               f"static_ref_val_median={median(r['reference'] for r in rows):.4f} matched_wins={wins}/{len(rows)}")
+               f"envelope_wins={sum(r['growth'] < r['envelope'] for r in rows)}/{len(rows)} "
+               f"same_size_wins={sum(r['growth'] < r['same'] for r in rows)}/{len(rows)}")
     lines += ['', f"medians: {summary}"]
     os.makedirs(os.path.dirname(args.report) or '.', exist_ok=True)
     with open(args.report + '.md', 'w') as f:
         f.write('\n'.join(lines) + '\n')
-    plot(results, seeds[0], growth_name, ladder_name, ladder, families, f_ref, args.report + '.png')
+    plot(results, static, sizes, rows, labels, growth_name, f_ref, args.report + '.png')
     print('\n'.join(lines))
     print(f"wrote {args.report}.md and {args.report}.png")
     print(summary)
 
 
-def plot(results, seed, growth_name, ladder_name, ladder, families, f_ref, path):
-    """Val loss against training FLOPs (x F_ref) for every run of one seed, the static envelope
-    (final vals along the ladder) and the growth run's operations."""
+def lr_sweep(args, sizes, setting, overrides, seed, iters_at, f_ref):
+    """Each size at its table lr times each factor, at one budget: the table to pick each size's lr from."""
+    factors = [float(x) for x in args.lr_sweep.split(',')]
+    runs, names = {}, {}
+    for size in sizes:
+        for factor in factors:
+            swept = dict(size, lr=size['lr'] * factor, min_lr=size['min_lr'] * factor)
+            names[size['name'], factor] = f"sweep-{size['name']}-lr{swept['lr']:g}-x{args.sweep_budget:g}-seed{seed}"
+            runs[names[size['name'], factor]] = ([f'--seed={seed}', *overrides, *static_args(
+                swept, iters_at(size, args.sweep_budget * f_ref), 'wsd', setting)], None)
+    results = run_all(runs, args)
+    print(f"final val at {args.sweep_budget:g} x F_ref (wsd, seed {seed}), by peak lr:")
+    for size in sizes:
+        vals = {size['lr'] * f: final_val(results[names[size['name'], f]]) for f in factors}
+        print(f"{size['name']}: " + ', '.join(f"lr {lr:g}: {v:.4f}" for lr, v in vals.items())
+              + f"; best lr {min(vals, key=vals.get):g}")
+
+
+def plot(results, static, sizes, rows, labels, growth_name, f_ref, path):
+    """Per seed: val loss against training FLOPs (log x); each static size's final vals through its
+    budgets, the envelope (lower hull) thick, the growth run's curve with its operations."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 6))
-    styles = {'cosine': '-', 'wsd': '--'}
-    for budget in ladder:
-        for family in families:
-            evals, _ = results[ladder_name(budget, family, seed)]
-            ax.plot([e['flops'] / f_ref for e in evals], [e['val_loss'] for e in evals], color='tab:blue',
-                    linestyle=styles.get(family, ':'), alpha=0.35, linewidth=1)
-    envelope = sorted((final_flops(best_of(results, [ladder_name(b, f, seed) for f in families])[1]) / f_ref,
-                       final_val(best_of(results, [ladder_name(b, f, seed) for f in families])[1])) for b in ladder)
-    ax.plot(*zip(*envelope), color='tab:blue', marker='o', linewidth=2, label='static-large: final val per budget')
-    for name, color, label in ((f"static-small-{growth_name}-seed{seed}", 'tab:gray', 'static-small, growth budget'),
-                               (f"growth-{growth_name}-seed{seed}", 'tab:red', f"growth: {growth_name}")):
-        evals, ops = results[name]
-        ax.plot([e['flops'] / f_ref for e in evals], [e['val_loss'] for e in evals], color=color, label=label)
-        ax.plot([evals[-1]['flops'] / f_ref], [evals[-1]['val_loss']], color=color, marker='*', markersize=12)
+    fig, axes = plt.subplots(1, len(rows), figsize=(7 * len(rows), 5.5), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        seed = row['seed']
+        finals = []
+        for size in sizes:
+            points = sorted((final_flops(r) / f_ref, final_val(r)) for r in (
+                best_of(results, static[(size['name'], label, seed)])[1] for label in labels))
+            finals += [v for _, v in points]
+            ax.plot(*zip(*points), marker='o', linewidth=1, alpha=0.8, label=f"static {size['name']} (lr {size['lr']:g})")
+        ax.plot([f / f_ref for f, _ in row['hull']], [v for _, v in row['hull']], color='black', linewidth=3,
+                alpha=0.6, label='static envelope (lower hull)')
+        evals, ops = results[f"growth-{growth_name}-seed{seed}"]
+        ax.plot([e['flops'] / f_ref for e in evals[1:]], [e['val_loss'] for e in evals[1:]], color='tab:red',
+                label=f"growth: {growth_name}")
+        ax.plot([evals[-1]['flops'] / f_ref], [evals[-1]['val_loss']], color='tab:red', marker='*', markersize=14)
         flops_at = {e['iter']: e['flops'] for e in evals}
         for op in ops:
-            x = flops_at[op['iter']] / f_ref
-            ax.axvline(x, color=color, linestyle=':', alpha=0.5)
-            ax.annotate(op['name'], (x, op['val_loss_before']), rotation=90, fontsize=7, color=color,
+            x = max(flops_at[op['iter']], evals[1]['flops']) / f_ref
+            ax.axvline(x, color='tab:red', linestyle=':', alpha=0.5)
+            ax.annotate(op['name'], (x, op['val_loss_before']), rotation=90, fontsize=7, color='tab:red',
                         xytext=(2, 8), textcoords='offset points')
-    for family in families:
-        evals, _ = results[f"matched-{family}-{growth_name}-seed{seed}"]
-        ax.plot([evals[-1]['flops'] / f_ref], [evals[-1]['val_loss']], color='tab:green', marker='s',
-                linestyle='none', label=f"static-large at the growth budget ({family})")
-    finals = [final_val(results[ladder_name(b, f, seed)]) for b in ladder for f in families]
-    ax.set_ylim(min(finals) - 0.05, max(finals) + 0.35)
-    ax.set_xlabel('training FLOPs / F_ref')
-    ax.set_ylabel('val loss (fixed eval batches)')
-    ax.set_title(f"growth vs static at matched compute, seed {seed} (solid: cosine, dashed: wsd)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        ax.set_xscale('log')
+        ax.set_ylim(min(finals) - 0.05, max(finals) + 0.3)
+        ax.set_xlabel('training FLOPs / F_ref (log)')
+        ax.set_ylabel('val loss (fixed eval batches)')
+        ax.set_title(f"seed {seed}: speedup vs envelope {row['speedup_envelope']:.2f}, vs same size {row['speedup_same']:.2f}")
+        ax.grid(alpha=0.3, which='both')
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

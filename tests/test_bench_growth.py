@@ -1,6 +1,8 @@
-"""bench_growth.py end to end on a tiny setting (1 seed, a 2-budget ladder), its arithmetic, and
-plot_run.py on its runs."""
+"""bench_growth.py: its arithmetic (compute equivalent, the envelope's hull), a wsd cooldown branch
+against a separate run of its budget (bit for bit), the benchmark end to end on a tiny setting with
+two static sizes, the lr sweep, a bad sizes table, and plot_run.py on its runs."""
 
+import argparse
 import math
 import os
 import re
@@ -8,9 +10,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from bench_growth import compute_equivalent
-from helpers import REPO, read_events, train_env, write_char_data, write_schedule
+import bench_growth
+from bench_growth import compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args, wsd_branches
+from helpers import REPO, assert_same_state, read_events, train_args, train_env, write_char_data, write_schedule
 
 TINY_SETTING = ['data_dir={data}', 'max_iters=60', 'eval_interval=20', 'eval_iters=2', 'n_embd=32', 'n_head=2',
                 'n_hidden=32', 'block_size=32', 'batch_size=4', 'log_interval=100', 'warmup_iters=5',
@@ -37,76 +41,168 @@ def test_compute_equivalent_interpolates_in_log_flops():
     assert flops == pytest.approx(8e12) and extrapolated
     flops, extrapolated = compute_equivalent(points, 2.2)  # worse than the smallest budget
     assert flops == pytest.approx(0.5e12) and extrapolated
+    assert math.isnan(compute_equivalent([(1e12, 2.0)], 1.9)[0])
 
 
-def test_bench_growth_tiny(tmp_path):
+def test_lower_hull_is_the_falling_convex_envelope():
+    small = [(1e12, 2.0), (2e12, 1.9), (4e12, 1.85)]  # a small model flattens out
+    large = [(1e12, 2.3), (2e12, 1.95), (4e12, 1.6), (8e12, 1.62)]  # a large one wins late, then overfits
+    hull = lower_hull(small + large)
+    # (2e12, 1.9) lies above the line from (1e12, 2.0) to (4e12, 1.6) (1.8 there), so it is not on the hull
+    assert hull == [(pytest.approx(1e12), 2.0), (pytest.approx(4e12), 1.6)]
+    assert compute_equivalent(hull, 1.8) == (pytest.approx(2e12), False)
+    # collinear points and a single lowest point
+    assert lower_hull([(1.0, 3.0), (math.e, 2.0), (math.e ** 2, 1.0)]) == [
+        (pytest.approx(1.0), 3.0), (pytest.approx(math.e ** 2), 1.0)]
+    assert lower_hull([(1e12, 1.5), (2e12, 1.7)]) == [(pytest.approx(1e12), 1.5)]
+
+
+def test_a_cooldown_branch_is_its_budget_run_bit_for_bit(tmp_path):
+    """The stable phase run once (segments to iters 32 and 48, decay at 60), the 40 and 60 iter
+    budgets' cooldowns resumed from it, against a separate wsd run of 40 and of 60 iters."""
+    data = tmp_path / 'data'
+    write_char_data(data, n_chars=50_000)
+    setting = dict(cooldown_iters=0, lr_decay_iters=200, warmup_iters=5)  # a fifth of each run cools down
+    size = dict(name='t', arch=dict(n_layer=2, n_hidden=48), lr=2e-3, min_lr=2e-4)
+    common = [a for a in train_args(data, tmp_path / 'unused', seed=3) if not a.startswith('--out_dir')]
+    runs, names = wsd_branches('t', size, {'a': 40, 'b': 60}, setting, common)
+    assert [cooldown_start(40, setting), cooldown_start(60, setting)] == [32, 48]
+    assert [(name, parent) for name, (_, parent) in runs.items()] == [
+        ('t-stable32', None), ('t-stable48', 't-stable32'), ('t-a', 't-stable32'), ('t-b', 't-stable48')]
+    options = argparse.Namespace(jobs=2, out_dir=str(tmp_path / 'bench'), config='config/train_shakespeare_char_cpu.py',
+                                 reuse=False)
+    results = run_all(runs, options)
+    for label, iters in (('a', 40), ('b', 60)):
+        separate = tmp_path / f'separate-{label}'
+        run_train(str(separate), options.config, [*common, *static_args(size, iters, 'wsd', setting)], False, 1)
+        branch = tmp_path / 'bench' / names[label]
+        assert results[names[label]][0][-1]['iter'] == iters
+        # the same evals at the same iters (the branch also has its parents' extra evals at their ends)
+        on_grid = {e['iter']: e for e in evals_of(separate)}
+        branch_evals = {e['iter']: e for e in evals_of(branch)}
+        assert sorted(on_grid) == [0, 10, 20, 30, 40] + ([50, 60] if iters == 60 else [])
+        assert set(branch_evals) - set(on_grid) == ({32} if iters == 40 else {32, 48})
+        for it, e in on_grid.items():
+            for key in ('train_loss', 'val_loss', 'flops', 'tokens', 'lr'):
+                assert branch_evals[it][key] == e[key], (label, it, key)
+        a, b = (torch.load(d / 'ckpt.pt', weights_only=True) for d in (separate, branch))
+        for key in ('model', 'optimizer', 'rng', 'iter_num', 'flops', 'tokens'):
+            assert_same_state(a[key], b[key], key)
+    # the stable segments decay at the largest budget: still at the peak lr where the branches start
+    stable = {e['iter']: e['lr'] for e in evals_of(tmp_path / 'bench' / 't-stable48')}
+    assert stable[32] == stable[48] == 2e-3
+
+
+def tiny_bench(tmp_path, sizes_rows, extra=()):
     data, out, report = tmp_path / 'data', tmp_path / 'bench', tmp_path / 'report'
     write_char_data(data, n_chars=50_000)
     schedule = write_schedule(tmp_path / 'grow.json', [
         ('stack_layers', 2, 0.0, 20, True),
         ('widen_mlp', {'factor': 2.0, 'noise': 0.5}, 0.0, 20, True)])
+    sizes = tmp_path / 'sizes.yaml'
+    sizes.write_text(sizes_rows)
     sets = [arg for kv in TINY_SETTING for arg in ('--set', kv.format(data=data))]
-    command = ['bench_growth.py', '--config=config/train_shakespeare_char_cpu_growth.py', f'--schedule={schedule}',
-               '--seeds=1', '--ladder=0.5,1.0', '--ref_iters=40', f'--out_dir={out}', f'--report={report}', *sets]
+    return ['bench_growth.py', '--config=config/train_shakespeare_char_cpu_growth.py', f'--schedule={schedule}',
+            f'--sizes={sizes}', '--seeds=1', '--ladder=0.5,1.0', '--ref_iters=40', f'--out_dir={out}',
+            f'--report={report}', *sets, *extra], out, report
+
+
+SIZES = "- {name: small, n_layer: 1, n_hidden: 32, learning_rate: 0.003}\n- {n_layer: 2, learning_rate: 0.001}\n"
+
+
+def test_bench_growth_tiny(tmp_path):
+    command, out, report = tiny_bench(tmp_path, SIZES, ['--jobs=2'])
     stdout = run(command)
 
     growth = evals_of(out / 'growth-grow-seed1')
     assert [e['iter'] for e in growth] == [0, 20, 40, 60]
     assert [(e['n_layer'], e['n_hidden']) for e in growth] == [(1, 32), (1, 32), (2, 32), (2, 64)]
-    ladder = {(family, budget): evals_of(out / f'static-large-{family}-x{budget}-seed1')
-              for family in ('cosine', 'wsd') for budget in ('0.5', '1')}
-    for (family, budget), evals in ladder.items():
-        # static-large: the schedule's final architecture, budget x 40 iters, its own complete schedule
-        assert {(e['n_layer'], e['n_hidden']) for e in evals} == {(2, 64)}
-        assert evals[-1]['iter'] == 40 * float(budget) and evals[-1]['lr_decay_iters'] == evals[-1]['iter']
-    # wsd holds the peak until its cooldown (a fifth of the run); cosine is past it by then
-    assert ladder[('wsd', '1')][1]['lr'] == 1e-3 > ladder[('cosine', '1')][1]['lr']
-    f_ref = ladder[('cosine', '1')][-1]['flops']
-    per_iter = f_ref / 40
-    matched = {family: evals_of(out / f'matched-{family}-grow-seed1') for family in ('cosine', 'wsd')}
-    for evals in matched.values():
-        assert abs(evals[-1]['flops'] - growth[-1]['flops']) <= per_iter / 2
-    small = evals_of(out / 'static-small-grow-seed1')
-    assert {(e['n_layer'], e['n_hidden']) for e in small} == {(1, 32)}
-    assert abs(small[-1]['flops'] - growth[-1]['flops']) < growth[-1]['flops'] * 0.05
+    sizes = {'small': dict(n_layer=1, n_hidden=32, lr=0.003), '2x32-mlp64': dict(n_layer=2, n_hidden=64, lr=0.001)}
+    final, per_iter = {}, {}
+    for name, size in sizes.items():
+        for label in ('x0.5', 'x1', 'matched-grow'):
+            evals = evals_of(out / f'static-{name}-wsd-seed1-{label}')
+            # each size with its own lr, its own complete wsd schedule, resumed from its stable phase
+            assert {(e['n_layer'], e['n_hidden']) for e in evals} == {(size['n_layer'], size['n_hidden'])}
+            assert evals[-1]['iter'] == evals[-1]['lr_decay_iters'] and evals[1]['lr'] == size['lr']
+            final[name, label] = (evals[-1]['flops'], evals[-1]['val_loss'])
+            per_iter[name] = evals[-1]['flops'] / evals[-1]['iter']
+    f_ref = 40 * per_iter['2x32-mlp64']
+    assert final['2x32-mlp64', 'x0.5'][0] == pytest.approx(f_ref / 2)
+    assert abs(final['small', 'x1'][0] - f_ref) <= per_iter['small'] / 2
+    for name in sizes:  # every size at the growth run's budget, to the nearest iter
+        assert abs(final[name, 'matched-grow'][0] - growth[-1]['flops']) <= per_iter[name] / 2
 
     # the table's row, recomputed from the event logs
-    final = {k: v[-1]['val_loss'] for k, v in ladder.items()}
-    growth_val, budget = growth[-1]['val_loss'], growth[-1]['flops'] / f_ref
-    matched_val = min(m[-1]['val_loss'] for m in matched.values())
-    reference = min(final[('cosine', '1')], final[('wsd', '1')])
-    points = sorted([(ladder[('cosine', b)][-1]['flops'], min(final[('cosine', b)], final[('wsd', b)]))
-                     for b in ('0.5', '1')] + [(matched['cosine'][-1]['flops'], matched_val)])
-    flops, extrapolated = compute_equivalent(points, growth_val)
+    growth_val, budget = growth[-1]['val_loss'], growth[-1]['flops']
+    hull = lower_hull(list(final.values()))
+    env_flops, env_extrapolated = compute_equivalent(hull, growth_val)
+    same = sorted(v for (name, _), v in final.items() if name == '2x32-mlp64')
+    same_flops, same_extrapolated = compute_equivalent(same, growth_val)
+    envelope_size = min(sizes, key=lambda n: final[n, 'matched-grow'][1])
+    envelope_val = final[envelope_size, 'matched-grow'][1]
     table = report.with_suffix('.md').read_text()
-    row = next(line for line in table.splitlines() if line.startswith('| 1 | '))
+    row = next(line for line in table.splitlines() if re.match(r'\| 1 \| \d+\.\d{3} \|', line))
     cells = [c.strip() for c in row.strip('|').split('|')]
-    assert cells[1] == f"{budget:.3f}" and cells[2] == f"{growth_val:.4f}"
-    assert cells[3].startswith(f"{matched_val:.4f} (") and cells[4].startswith(f"{reference:.4f} (")
-    assert cells[5] == f"{small[-1]['val_loss']:.4f}"
-    assert cells[6] == f"{flops / growth[-1]['flops']:.2f}" + (' (extrapolated)' if extrapolated else '')
-    assert cells[7] == str(growth_val < matched_val)
-    wins = int(growth_val < matched_val)
+    assert cells[1] == f"{budget / f_ref:.3f}" and cells[2] == f"{growth_val:.4f}"
+    assert cells[3] == f"{final['2x32-mlp64', 'matched-grow'][1]:.4f}"
+    assert cells[4] == f"{envelope_val:.4f} ({envelope_size})"
+    assert cells[5] == f"{env_flops / budget:.2f}" + (' (extrapolated)' if env_extrapolated else '')
+    assert cells[6] == f"{same_flops / budget:.2f}" + (' (extrapolated)' if same_extrapolated else '')
+    size_row = next(line for line in table.splitlines() if line.startswith('| 1 | small |'))
+    assert [c.strip().strip('*') for c in size_row.strip('|').split('|')][2:] == [
+        f"{final['small', label][1]:.4f}" for label in ('x0.5', 'x1', 'matched-grow')]
+    env_wins = int(growth_val < envelope_val)
+    same_wins = int(growth_val < final['2x32-mlp64', 'matched-grow'][1])
     assert stdout.strip().splitlines()[-1] == (
-        f"speedup_median={flops / growth[-1]['flops']:.3f} budget_ratio_median={budget:.3f} "
-        f"growth_val_median={growth_val:.4f} static_ref_val_median={reference:.4f} matched_wins={wins}/1")
+        f"speedup_envelope_median={env_flops / budget:.3f} speedup_same_size_median={same_flops / budget:.3f} "
+        f"budget_ratio_median={budget / f_ref:.3f} growth_val_median={growth_val:.4f} "
+        f"envelope_wins={env_wins}/1 same_size_wins={same_wins}/1")
     assert report.with_suffix('.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
     # --reuse: nothing runs again, the same report comes out
     again = run(command + ['--reuse'])
     assert 'train.py' not in again and again.strip().splitlines()[-1] == stdout.strip().splitlines()[-1]
-    # a changed schedule, same final architecture: only the growth run and what depends on it run again
-    write_schedule(tmp_path / 'grow.json', [('stack_layers', 2, 0.0, 40, True),
-                                            ('widen_mlp', {'factor': 2.0, 'noise': 0.5}, 0.0, 0, True)])
-    rerun = [line for line in run(command + ['--reuse']).splitlines() if 'train.py' in line]
-    assert sorted(re.search(r'--out_dir=\S*/(\S+)', line).group(1) for line in rerun) == \
-        ['growth-grow-seed1', 'matched-cosine-grow-seed1', 'matched-wsd-grow-seed1', 'static-small-grow-seed1']
+    # another lr for one size: only that size's runs run again
+    rerun = run(tiny_bench(tmp_path, SIZES.replace('0.003', '0.004'), ['--reuse'])[0])
+    assert {re.search(r'--out_dir=\S*/static-(\w+)-', line).group(1)
+            for line in rerun.splitlines() if 'train.py' in line} == {'small'}
 
     picture = tmp_path / 'two_runs.png'
-    stdout = run(['plot_run.py', str(out / 'growth-grow-seed1'), str(out / 'static-large-wsd-x1-seed1'),
+    stdout = run(['plot_run.py', str(out / 'growth-grow-seed1'), str(out / 'static-small-wsd-seed1-x1'),
                   f'--out={picture}'])
     assert stdout.strip() == f"wrote {picture}"
     assert os.path.getsize(picture) > 10_000
+
+
+def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
+    command, out, _ = tiny_bench(tmp_path, SIZES, ['--lr_sweep=0.5,2', '--sweep_budget=1', '--jobs=2'])
+    lines = run(command).strip().splitlines()
+    vals = {}
+    for name, lr in (('small', 0.0015), ('small', 0.006), ('2x32-mlp64', 0.0005), ('2x32-mlp64', 0.002)):
+        evals = evals_of(out / f'sweep-{name}-lr{lr:g}-x1-seed1')
+        assert evals[1]['lr'] == lr and evals[-1]['lr'] == pytest.approx(lr / 10)
+        vals[name, lr] = evals[-1]['val_loss']
+    assert lines[-3] == "final val at 1 x F_ref (wsd, seed 1), by peak lr:"
+    best = min((0.0015, 0.006), key=lambda lr: vals['small', lr])
+    assert lines[-2] == (f"small: lr 0.0015: {vals['small', 0.0015]:.4f}, lr 0.006: {vals['small', 0.006]:.4f}; "
+                         f"best lr {best:g}")
+
+
+@pytest.mark.parametrize('rows, message', [
+    ("- {n_layer: 1}\n", "entry 0: field learning_rate: missing"),
+    ("- {n_layer: 2, learning_rate: 4e-3}\n", "entry 0: field learning_rate: expected a number >= 0, got '4e-3'"),
+    ("- {n_layer: 2, learning_rate: 0.001, depth: 3}\n", "entry 0: expected a mapping of"),
+    ("- {n_layer: 3, learning_rate: 0.001}\n", "no size has the schedule's final architecture"),
+    ("- {n_layer: 2, learning_rate: 0.001}\n- {n_layer: 2, learning_rate: 0.002}\n", "two sizes share a name"),
+])
+def test_a_bad_sizes_table_is_one_line(tmp_path, rows, message):
+    command, _, _ = tiny_bench(tmp_path, rows)
+    result = subprocess.run([sys.executable, *command], cwd=REPO, env=train_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and 'train.py' not in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert str(tmp_path / 'sizes.yaml') in result.stderr
 
 
 def test_plot_run_refuses_a_folder_without_events(tmp_path):
@@ -114,3 +210,12 @@ def test_plot_run_refuses_a_folder_without_events(tmp_path):
                             text=True, timeout=60)
     assert result.returncode == 2
     assert f"{tmp_path}: no events.jsonl (is it a train.py out_dir?)" in result.stderr
+
+
+def test_default_sizes_are_the_schedules_first_and_final_architectures():
+    setting = dict(learning_rate=1e-3, min_lr=1e-4)
+    start = argparse.Namespace(n_layer=1, n_head=4, head_size=32, n_embd=128, n_hidden=512)
+    final = dict(n_layer=4, n_head=4, head_size=32, n_embd=128, n_hidden=512)
+    sizes = bench_growth.read_sizes('', start, final, setting)
+    assert [(s['name'], s['arch']['n_layer'], s['lr'], s['min_lr']) for s in sizes] == [
+        ('1x128', 1, 1e-3, pytest.approx(1e-4)), ('4x128', 4, 1e-3, pytest.approx(1e-4))]
