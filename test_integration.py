@@ -19,6 +19,8 @@ import sys
 import numpy as np
 import pytest
 
+# tests/ holds helpers: pytest.ini puts it on the path for pytest, this line for `python test_integration.py`
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests'))
 import train
 from configurator import configure
 from helpers import entry
@@ -501,5 +503,5 @@ def test_bad_schedule_stops_before_step_0(data_dir, tmp_path):
     assert not out_dir.exists()
 
 
-if __name__ == '__main__':
-    sys.exit(pytest.main([__file__, '-q']))
+if __name__ == '__main__':  # python test_integration.py [pytest options]
+    sys.exit(pytest.main([__file__, '-q'] + sys.argv[1:]))

@@ -7,11 +7,14 @@ as main() does at every eval step. Only hyperparameter operations, so train.mode
 
 import json
 import math
+import os
 import sys
 from functools import partial
 
 import pytest
 
+# tests/ holds helpers: pytest.ini puts it on the path for pytest, this line for `python test_manual.py`
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests'))
 import helpers
 import train
 from model import GPT, GPTConfig
@@ -527,12 +530,12 @@ def test_orchestrator_state_round_trip():
     assert effective == (30, 4, 125) and final['schedule_position'] == 5
 
 
-if __name__ == '__main__':
-    sys.exit(pytest.main([__file__, '-q']))
-
-
-def test_orchestrator_state_round_trip():
+def test_load_orchestrator_state_sets_every_key():
     """load_orchestrator_state sets every variable that orchestrator_state saves: a marker per key comes back."""
     state = {key: f'<{key}>' for key in train.ORCHESTRATOR_KEYS}
     train.load_orchestrator_state(state)
     assert train.orchestrator_state() == state
+
+
+if __name__ == '__main__':  # python test_manual.py [pytest options]
+    sys.exit(pytest.main([__file__, '-q'] + sys.argv[1:]))
