@@ -1372,15 +1372,16 @@ def eval_event(losses, elapsed_s):
                 eval_flops=progress['eval_flops'], mask=ramp_mask(it), elapsed_s=elapsed_s)
 
 
-def step_is_finite(iter_num, loss, grad_norm):
-    """Stop at a non-finite loss or gradient norm, or skip up to skip_nonfinite_steps in a row.
+def step_is_finite(iter_num, loss_nonfinite, grad_norm):
+    """Stop at a non-finite loss (loss_nonfinite: a flag on the device, set by any micro step) or
+    gradient norm, or skip up to skip_nonfinite_steps in a row.
     The check is a host-device sync: on cuda it is taken at log intervals only, unless steps are to
     be skipped (a non-finite step in between is then caught there, and by the eval before any checkpoint).
     Under DDP the ranks agree on the decision with one small all-reduce, where the check runs."""
     global nonfinite_in_a_row
     if device_type == 'cuda' and not skip_nonfinite_steps and iter_num % log_interval:
         return True
-    nonfinite = ~torch.isfinite(loss.detach().view(1))
+    nonfinite = loss_nonfinite.view(1)
     if grad_norm is not None and not scaler.is_enabled():  # with fp16 the grad scaler handles inf gradients itself
         nonfinite |= ~torch.isfinite(grad_norm.view(1))
     if ddp:  # the loss is this rank's own: every rank must skip or stop together, or the others hang or diverge
@@ -1406,6 +1407,9 @@ def train_step(iter_num):
         param_group['lr'] = lr
     micro_steps = effective_grad_accum() // ddp_world_size
     step_batch_size = effective_batch_size()
+    # every micro step's loss is checked (without grad_clip a NaN in any of them reaches the gradients
+    # unseen by the norm); the flag stays on the device, so there is no sync per micro step
+    loss_nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for micro_step in range(micro_steps):
         if ddp:
             # sync gradients at the last micro step only
@@ -1414,13 +1418,14 @@ def train_step(iter_num):
         with ctx:
             _, loss = train_model(X, Y)
             loss = loss / micro_steps
+        loss_nonfinite |= ~torch.isfinite(loss.detach())
         scaler.scale(loss).backward()
     # unscale here, not in scaler.step: a skipped step must leave the fp16 scaler its inf checks for update()
     scaler.unscale_(optimizer)
     grad_norm = None
     if grad_clip != 0.0:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    applied = step_is_finite(iter_num, loss, grad_norm)
+    applied = step_is_finite(iter_num, loss_nonfinite, grad_norm)
     if applied:
         scaler.step(optimizer)
     scaler.update()
