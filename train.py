@@ -104,6 +104,7 @@ lr_schedule_offset = 0  # the lr schedule (warmup, decay) runs on iter_num - lr_
 warmup_iters_multiplier = 1.0  # scales warmup_iters and lr_decay_iters
 eval_iters_multiplier = 1.0
 eval_interval_multiplier = 1.0
+set_values = {}  # what a set_ op gave, absolute (e.g. {'lr': [peak, min]}): the multiplier then scales this, not the config's value
 schedule = []  # the entries still to run, next first
 schedule_position = 0  # index in the schedule file of schedule[0]
 iter_of_last_op = 0
@@ -112,7 +113,7 @@ active_ramp = None  # the MSG mask still rising: {'name', 'start_iter', 'anneal_
 iter_of_last_growth = -1  # for growth_lr_rewarm_iters; -1 = no growth yet
 evals_since_op = []  # [training flops, val loss] of each eval since the previous op, for trigger_slope
 ORCHESTRATOR_KEYS = ['lr_multiplier', 'batch_size_multiplier', 'grad_accum_multiplier', 'lr_schedule_offset',
-                     'warmup_iters_multiplier', 'eval_iters_multiplier', 'eval_interval_multiplier', 'schedule',
+                     'warmup_iters_multiplier', 'eval_iters_multiplier', 'eval_interval_multiplier', 'set_values', 'schedule',
                      'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp', 'iter_of_last_growth',
                      'evals_since_op']
 ddp_world_size = 1  # set by setup_distributed; the orchestrator's rounding of grad accumulation needs it
@@ -131,36 +132,54 @@ class UserError(Exception):
 # -----------------------------------------------------------------------------
 # effective values: the loop reads every schedulable setting through these
 
+# a multiplier scales the config's value, or the absolute value of the last set_ op (set_values, checkpointed:
+# a run resumed with another --learning_rate keeps the lr that set_lr gave)
+
 def effective_batch_size():
-    return round(batch_size * batch_size_multiplier)
+    return round(set_values.get('batch_size', batch_size) * batch_size_multiplier)
+
+
+def grad_accum_total():
+    """Global accumulation steps before the rounding to the world size."""
+    return set_values.get('grad_accum', gradient_accumulation_steps) * grad_accum_multiplier
 
 
 def effective_grad_accum():
     """Global accumulation steps (summed over ranks), rounded to the nearest multiple of the
     DDP world size, at least one step per rank."""
-    total = gradient_accumulation_steps * grad_accum_multiplier
-    return max(1, round(total / ddp_world_size)) * ddp_world_size
+    return max(1, round(grad_accum_total() / ddp_world_size)) * ddp_world_size
 
 
 def effective_eval_iters():
-    return round(eval_iters * eval_iters_multiplier)
+    return round(set_values.get('eval_iters', eval_iters) * eval_iters_multiplier)
 
 
 def effective_eval_interval():
-    return round(eval_interval * eval_interval_multiplier)
+    return round(set_values.get('eval_interval', eval_interval) * eval_interval_multiplier)
+
+
+def lr_schedule_lengths():
+    """warmup_iters, lr_decay_iters and cooldown_iters (0: a fifth of lr_decay_iters), before warmup_iters_multiplier."""
+    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
+    return set_values.get('warmup_iters', [warmup_iters, lr_decay_iters, cooldown])
 
 
 def effective_warmup_iters():
-    return round(warmup_iters * warmup_iters_multiplier)
+    return round(lr_schedule_lengths()[0] * warmup_iters_multiplier)
 
 
 def effective_lr_decay_iters():
-    return round(lr_decay_iters * warmup_iters_multiplier)
+    return round(lr_schedule_lengths()[1] * warmup_iters_multiplier)
 
 
 def effective_cooldown_iters():
-    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
-    return round(cooldown * warmup_iters_multiplier)
+    return round(lr_schedule_lengths()[2] * warmup_iters_multiplier)
+
+
+def peak_and_min_lr():
+    """The top and the bottom of the lr schedule: learning_rate and min_lr (or set_lr's), times lr_multiplier."""
+    peak, low = set_values.get('lr', [learning_rate, min_lr])
+    return peak * lr_multiplier, low * lr_multiplier
 
 
 def scheduled_lr(t, lr_max, lr_min):
@@ -185,7 +204,7 @@ def scheduled_lr(t, lr_max, lr_min):
 def get_lr(it):
     """The lr schedule on the schedule's own clock (it - lr_schedule_offset), scaled by
     lr_multiplier, and re-warmed after a growth op when growth_lr_rewarm_iters > 0."""
-    lr_max, lr_min = learning_rate * lr_multiplier, min_lr * lr_multiplier
+    lr_max, lr_min = peak_and_min_lr()
     lr = scheduled_lr(it - lr_schedule_offset, lr_max, lr_min) if decay_lr else lr_max
     since_growth = it - iter_of_last_growth
     if iter_of_last_growth >= 0 and since_growth < growth_lr_rewarm_iters:
@@ -195,7 +214,7 @@ def get_lr(it):
 
 def effective_settings():
     """What an operation can change, for logs, events and the dry-run plan."""
-    settings = dict(peak_lr=learning_rate * lr_multiplier, batch_size=effective_batch_size(),
+    settings = dict(peak_lr=peak_and_min_lr()[0], batch_size=effective_batch_size(),
                     grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
                     eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
                     lr_decay_iters=effective_lr_decay_iters(), lr_schedule_offset=lr_schedule_offset)
@@ -364,7 +383,8 @@ def change_lr(value):
 
 def set_lr(value):
     global lr_multiplier
-    lr_multiplier = value / learning_rate
+    set_values['lr'] = [value, min_lr * value / learning_rate]  # min_lr keeps its ratio to the config's lr
+    lr_multiplier = 1.0
 
 
 def change_batch_size(value):
@@ -374,7 +394,8 @@ def change_batch_size(value):
 
 def set_batch_size(value):
     global batch_size_multiplier
-    batch_size_multiplier = value / batch_size
+    set_values['batch_size'] = value
+    batch_size_multiplier = 1.0
 
 
 def change_grad_accum(value):
@@ -384,7 +405,8 @@ def change_grad_accum(value):
 
 def set_grad_accum(value):
     global grad_accum_multiplier
-    grad_accum_multiplier = value / gradient_accumulation_steps
+    set_values['grad_accum'] = value
+    grad_accum_multiplier = 1.0
 
 
 def change_warmup_iters(value):
@@ -393,8 +415,11 @@ def change_warmup_iters(value):
 
 
 def set_warmup_iters(value):
+    """warmup_iters = value; lr_decay_iters and the cooldown scaled by the same factor from the config's."""
     global warmup_iters_multiplier
-    warmup_iters_multiplier = value / warmup_iters
+    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
+    set_values['warmup_iters'] = [value, lr_decay_iters * value / warmup_iters, cooldown * value / warmup_iters]
+    warmup_iters_multiplier = 1.0
 
 
 def change_eval_iters(value):
@@ -404,7 +429,8 @@ def change_eval_iters(value):
 
 def set_eval_iters(value):
     global eval_iters_multiplier
-    eval_iters_multiplier = value / eval_iters
+    set_values['eval_iters'] = value
+    eval_iters_multiplier = 1.0
 
 
 def change_eval_interval(value):
@@ -414,7 +440,8 @@ def change_eval_interval(value):
 
 def set_eval_interval(value):
     global eval_interval_multiplier
-    eval_interval_multiplier = value / eval_interval
+    set_values['eval_interval'] = value
+    eval_interval_multiplier = 1.0
 
 
 def check_change(value, _config):
@@ -422,7 +449,8 @@ def check_change(value, _config):
 
 
 def check_set(absolute_check, label, base_key):
-    """The check of set_<label>: the value, and a config value base_key that it can be divided by."""
+    """The check of set_<label>: the value, and a config value base_key that it can be divided by
+    (set_lr keeps min_lr's ratio to learning_rate, set_warmup_iters lr_decay_iters' to warmup_iters)."""
     def check(value, _config):
         absolute_check(value)
         if globals()[base_key] == 0:
@@ -430,7 +458,7 @@ def check_set(absolute_check, label, base_key):
     return check
 
 
-def check_count(value):
+def check_count(value, _config):
     check_int(value, 1)
 
 
@@ -438,15 +466,16 @@ OPERATIONS = {
     'change_lr': Operation(check_change, change_lr),
     'set_lr': Operation(check_set(check_factor, 'lr', 'learning_rate'), set_lr),
     'change_batch_size': Operation(check_change, change_batch_size),
-    'set_batch_size': Operation(check_set(check_count, 'batch_size', 'batch_size'), set_batch_size),
+    'set_batch_size': Operation(check_count, set_batch_size),
     'change_grad_accum': Operation(check_change, change_grad_accum),
-    'set_grad_accum': Operation(check_set(check_count, 'grad_accum', 'gradient_accumulation_steps'), set_grad_accum),
+    'set_grad_accum': Operation(check_count, set_grad_accum),
     'change_warmup_iters': Operation(check_change, change_warmup_iters),
-    'set_warmup_iters': Operation(check_set(check_count, 'warmup_iters', 'warmup_iters'), set_warmup_iters),
+    'set_warmup_iters': Operation(check_set(lambda value: check_int(value, 1), 'warmup_iters', 'warmup_iters'),
+                                  set_warmup_iters),
     'change_eval_iters': Operation(check_change, change_eval_iters),
-    'set_eval_iters': Operation(check_set(check_count, 'eval_iters', 'eval_iters'), set_eval_iters),
+    'set_eval_iters': Operation(check_count, set_eval_iters),
     'change_eval_interval': Operation(check_change, change_eval_interval),
-    'set_eval_interval': Operation(check_set(check_count, 'eval_interval', 'eval_interval'), set_eval_interval),
+    'set_eval_interval': Operation(check_count, set_eval_interval),
 }
 
 
@@ -686,7 +715,7 @@ def orchestrator_state():
 def load_orchestrator_state(state):
     """Set every variable of the orchestrator state from a copy of `state` (as orchestrator_state returns it)."""
     global lr_multiplier, batch_size_multiplier, grad_accum_multiplier, lr_schedule_offset, warmup_iters_multiplier
-    global eval_iters_multiplier, eval_interval_multiplier, schedule, schedule_position, iter_of_last_op
+    global eval_iters_multiplier, eval_interval_multiplier, set_values, schedule, schedule_position, iter_of_last_op
     global executed_ops, active_ramp, iter_of_last_growth, evals_since_op
     state = json.loads(json.dumps(state))
     lr_multiplier = state['lr_multiplier']
@@ -696,6 +725,7 @@ def load_orchestrator_state(state):
     warmup_iters_multiplier = state['warmup_iters_multiplier']
     eval_iters_multiplier = state['eval_iters_multiplier']
     eval_interval_multiplier = state['eval_interval_multiplier']
+    set_values = state.get('set_values', {})  # none in checkpoints of before issue 15, whose set_ ops were ratios
     schedule = state['schedule']
     schedule_position = state['schedule_position']
     iter_of_last_op = state['iter_of_last_op']
@@ -709,7 +739,7 @@ def reset_orchestrator(entries=()):
     """Fresh orchestrator state with the given schedule (tests use this too)."""
     load_orchestrator_state(dict(
         lr_multiplier=1.0, batch_size_multiplier=1.0, grad_accum_multiplier=1.0, lr_schedule_offset=0,
-        warmup_iters_multiplier=1.0, eval_iters_multiplier=1.0, eval_interval_multiplier=1.0,
+        warmup_iters_multiplier=1.0, eval_iters_multiplier=1.0, eval_interval_multiplier=1.0, set_values={},
         schedule=list(entries), schedule_position=0, iter_of_last_op=0, executed_ops=[],
         active_ramp=None, iter_of_last_growth=-1, evals_since_op=[]))
 
@@ -752,8 +782,7 @@ def validate_schedule(path, entries, first_index, model_config):
                     model.fold_ramp()
                 settings = effective_settings()
                 check_rounds_positive('the batch size', settings['batch_size'])
-                check_rounds_positive('the gradient accumulation steps',
-                                      round(gradient_accumulation_steps * grad_accum_multiplier))
+                check_rounds_positive('the gradient accumulation steps', round(grad_accum_total()))
                 check_rounds_positive('eval_iters', settings['eval_iters'])
                 check_rounds_positive('eval_interval', settings['eval_interval'])
             except BadValue as e:
