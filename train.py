@@ -1061,13 +1061,18 @@ def save_checkpoint(checkpoint, path):
     os.replace(tmp, path)
 
 
+CHECKPOINT_KEYS = tuple(dict.fromkeys(('model', 'model_args', 'optimizer', 'iter_num', 'orchestrator', 'rng', 'scaler',
+                                        'config', 'wandb_run_id') + PROGRESS_KEYS))  # what a resume reads
+
+
 def load_checkpoint(path):
     if not os.path.isfile(path):
         raise UserError(f"init_from='resume': no checkpoint at {path}")
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-        missing = [k for k in ('model', 'model_args', 'optimizer', 'iter_num', 'orchestrator', 'rng')
-                   if k not in checkpoint]
+        missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+        missing += [f'orchestrator.{k}' for k in ORCHESTRATOR_KEYS if 'orchestrator' in checkpoint
+                    and k not in checkpoint['orchestrator'] and k != 'set_values']
     except Exception as e:
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
@@ -1276,6 +1281,10 @@ def check_inputs():
             model_config_from_hf(meta)
         reset_orchestrator(load_schedule_file(scaling_schedule_file) if scaling_schedule_file else [])
     else:
+        saved_ranks = len(checkpoint['rng'])
+        if saved_ranks != ddp_world_size:  # each rank goes on with its own rng and data order from the checkpoint
+            raise UserError(f"{out_dir}/ckpt.pt: written by {saved_ranks} DDP process(es), resumed with "
+                            f"{ddp_world_size}; resume with {saved_ranks} (each one continues its own data order)")
         model_config = GPTConfig(**checkpoint['model_args'])
         load_orchestrator_state(checkpoint['orchestrator'])
         if scaling_schedule_file:
