@@ -1002,12 +1002,40 @@ def check_data():
         if n_tokens <= block_size:
             raise UserError(f"data: {split}.bin in {folder} has {n_tokens} tokens, fewer than block_size+1 "
                             f"({block_size + 1})")
-        tokens = np.memmap(os.path.join(folder, f'{split}.bin'), dtype=np.uint16, mode='r')
-        largest = max(int(tokens[i:i + 2**26].max()) for i in range(0, len(tokens), 2**26))
+        largest = largest_token(os.path.join(folder, f'{split}.bin'))
         if largest >= vocab_size:
             raise UserError(f"data: {split}.bin in {folder} holds token {largest}, but meta.pkl's vocab_size is "
                             f"{vocab_size}; remake the data with: {prepare}")
     return meta
+
+
+def largest_token(path):
+    """The largest token of a .bin file. It takes a full read (18 GB per rank on OpenWebText), so it is
+    done once: the result is remembered beside the data, in largest_token.json, with the file's size and
+    mtime, and a later launch on the same file reads only that. A changed file is read again."""
+    stat = os.stat(path)
+    file_key = [stat.st_size, stat.st_mtime_ns]
+    memo_path = os.path.join(os.path.dirname(path), 'largest_token.json')
+    try:
+        with open(memo_path) as f:
+            memo = json.load(f)
+    except (OSError, ValueError):
+        memo = {}
+    memo = memo if isinstance(memo, dict) else {}
+    name = os.path.basename(path)
+    if isinstance(memo.get(name), dict) and memo[name].get('file') == file_key:
+        return memo[name]['largest']
+    tokens = np.memmap(path, dtype=np.uint16, mode='r')
+    largest = max(int(tokens[i:i + 2**26].max()) for i in range(0, len(tokens), 2**26))
+    memo[name] = dict(file=file_key, largest=largest)
+    tmp = f"{memo_path}.{os.getpid()}.tmp"  # DDP ranks may write at once: each its own file, then a rename
+    try:
+        with open(tmp, 'w') as f:
+            json.dump(memo, f)
+        os.replace(tmp, memo_path)
+    except OSError:  # a read-only data folder: the next launch reads the file again
+        pass
+    return largest
 
 
 def get_batch(split, generator, size):
