@@ -766,15 +766,27 @@ def describe_triggers(entry):
     return ' or '.join(triggers + [f"{entry['max_wait_iters']} iters after the previous op"])
 
 
+def lr_decay_end():
+    """The iter at which the lr schedule reaches min_lr."""
+    return lr_schedule_offset + effective_lr_decay_iters()
+
+
 def validate_schedule(path, entries, first_index, model_config):
     """Walk the schedule on a simulated model: every value is checked against the model and the
-    settings it will meet. Returns the plan: one row of effective settings per entry."""
+    settings it will meet. Returns the plan: one row of effective settings per entry, with a warning
+    where the entry, fired as late as it can, moves the end of the lr decay past max_iters (a late
+    reset_lr_schedule or change_warmup_iters: the run would end before the lr anneals)."""
+    global iter_of_last_op
     plan = []
     with simulation(model_config):
         check_fits_in_memory('config')
         for offset, entry in enumerate(entries):
             index = first_index + offset
             operation = OPERATIONS[entry['name']]
+            # the latest iter the entry can fire at: its timeout, every entry before at theirs, or the last eval
+            interval = effective_eval_interval()
+            iter_of_last_op = min(max_iters, iter_of_last_op + -(-entry['max_wait_iters'] // interval) * interval)
+            decay_end = lr_decay_end()
             try:
                 operation.check(entry['value'], model.config)
                 operation.apply(entry['value'])
@@ -788,8 +800,13 @@ def validate_schedule(path, entries, first_index, model_config):
             except BadValue as e:
                 raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
             check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
+            warning = None
+            if decay_lr and lr_decay_end() != decay_end and lr_decay_end() > max_iters:
+                warning = (f"{path}: entry {index} ({entry['name']}), fired at iter {iter_of_last_op} (the latest it "
+                           f"can), moves the end of the lr decay to iter {lr_decay_end()}, after max_iters {max_iters}: "
+                           "the run would end before the lr reaches min_lr")
             plan.append(dict(index=index, name=entry['name'], value=entry['value'], fires=describe_triggers(entry),
-                             **settings))
+                             warning=warning, **settings))
     return plan
 
 
@@ -802,6 +819,8 @@ def print_plan(plan):
               f"n_head {row['n_head']}, n_embd {row['n_embd']}, n_hidden {row['n_hidden']}, "
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
               f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
+        if row['warning']:
+            print(f"      warning: {row['warning']}")
 
 
 def check_schedule_matches(entries):
@@ -1544,6 +1563,10 @@ def main():
             print_plan(plan)
         return
     build_run(model_config, checkpoint)
+    if master_process:
+        for row in plan:
+            if row['warning']:
+                print(f"warning: {row['warning']}")
     wandb_run, log_event = open_logging(config, checkpoint)
     del checkpoint  # free its memory
     if master_process:
