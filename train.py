@@ -1087,8 +1087,9 @@ def estimate_loss(eval_model, ctx, rank, ddp, splits=('train', 'val')):
                 _, loss = eval_model(X, Y)
             losses[k] = loss.float()
         mean = losses.mean()
-        if ddp:
-            dist.all_reduce(mean, op=dist.ReduceOp.AVG)
+        if ddp:  # a sum, then the division: gloo averages only from torch 2.8 on (and wrongly in some versions after)
+            dist.all_reduce(mean)
+            mean /= ddp_world_size
         out[split] = mean.item()
     eval_model.train()
     return out
