@@ -1540,6 +1540,21 @@ def stop_requested():
     return bool(flag.item())
 
 
+def rewound_wandb_run(wandb, run_id, iter_num, config):
+    """The checkpoint's wandb run, its history cut back to the checkpoint's iter as events.jsonl is
+    (wandb's rewind, resume_from: history steps below the given one stay). Rewind is a preview feature
+    of the W&B server: where it is refused, None, and a note says what the charts will show."""
+    try:
+        return wandb.init(project=wandb_project, name=wandb_run_name, config=config,
+                          resume_from=f"{run_id}?_step={iter_num + 1}")
+    except wandb.errors.Error as e:
+        print(f"wandb: run {run_id} could not be rewound to iter {iter_num} ({' '.join(str(e).split())[:200]}); "
+              f"it is resumed with its history as it is: wandb drops what this run logs at the iters it already has "
+              f"(up to the last one logged before the stop), so there the charts show the old points; "
+              f"events.jsonl has this run's")
+        return None
+
+
 def open_logging(config, checkpoint):
     """wandb (continuing the checkpoint's run) and the event log; rank 0 only."""
     if not master_process:
@@ -1549,8 +1564,11 @@ def open_logging(config, checkpoint):
     if wandb_log:
         import wandb
         run_id = checkpoint['wandb_run_id'] if checkpoint else ''
-        wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config,
-                               id=run_id or None, resume='allow' if run_id else None)
+        if run_id:
+            wandb_run = rewound_wandb_run(wandb, run_id, checkpoint['iter_num'], config)
+        if wandb_run is None:
+            wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config,
+                                   id=run_id or None, resume='allow' if run_id else None)
     keep_through_iter = checkpoint['iter_num'] if checkpoint else None
     return wandb_run, EventLog(os.path.join(out_dir, 'events.jsonl'), keep_through_iter, wandb_run)
 
