@@ -104,7 +104,7 @@ lr_schedule_offset = 0  # the lr schedule (warmup, decay) runs on iter_num - lr_
 warmup_iters_multiplier = 1.0  # scales warmup_iters and lr_decay_iters
 eval_iters_multiplier = 1.0
 eval_interval_multiplier = 1.0
-set_values = {}  # what a set_ op gave, absolute (e.g. {'lr': [peak, min]}): the multiplier then scales this, not the config's value
+set_values = {}  # absolute values of set_ ops (e.g. {'lr': [peak, min]}): a multiplier scales these, not the config's
 schedule = []  # the entries still to run, next first
 schedule_position = 0  # index in the schedule file of schedule[0]
 iter_of_last_op = 0
@@ -113,9 +113,9 @@ active_ramp = None  # the MSG mask still rising: {'name', 'start_iter', 'anneal_
 iter_of_last_growth = -1  # for growth_lr_rewarm_iters; -1 = no growth yet
 evals_since_op = []  # [training flops, val loss] of each eval since the previous op, for trigger_slope
 ORCHESTRATOR_KEYS = ['lr_multiplier', 'batch_size_multiplier', 'grad_accum_multiplier', 'lr_schedule_offset',
-                     'warmup_iters_multiplier', 'eval_iters_multiplier', 'eval_interval_multiplier', 'set_values', 'schedule',
-                     'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp', 'iter_of_last_growth',
-                     'evals_since_op']
+                     'warmup_iters_multiplier', 'eval_iters_multiplier', 'eval_interval_multiplier', 'set_values',
+                     'schedule', 'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp',
+                     'iter_of_last_growth', 'evals_since_op']
 ddp_world_size = 1  # set by setup_distributed; the orchestrator's rounding of grad accumulation needs it
 master_process = True  # rank 0 logs and writes; set by setup_distributed
 model = None  # the GPT being trained (set in main; growth ops change it in place)
@@ -159,7 +159,7 @@ def effective_eval_interval():
 
 
 def lr_schedule_lengths():
-    """warmup_iters, lr_decay_iters and cooldown_iters (0: a fifth of lr_decay_iters), before warmup_iters_multiplier."""
+    """warmup_iters, lr_decay_iters and cooldown_iters (0: a fifth of lr_decay_iters), before the multiplier."""
     cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
     return set_values.get('warmup_iters', [warmup_iters, lr_decay_iters, cooldown])
 
@@ -783,7 +783,7 @@ def validate_schedule(path, entries, first_index, model_config):
         for offset, entry in enumerate(entries):
             index = first_index + offset
             operation = OPERATIONS[entry['name']]
-            # the latest iter the entry can fire at: its timeout, every entry before at theirs, or the last eval
+            # the latest iter the entry can fire at: its timeout (every entry before at theirs), or the last eval
             interval = effective_eval_interval()
             iter_of_last_op = min(max_iters, iter_of_last_op + -(-entry['max_wait_iters'] // interval) * interval)
             decay_end = lr_decay_end()
@@ -802,9 +802,9 @@ def validate_schedule(path, entries, first_index, model_config):
             check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
             warning = None
             if decay_lr and lr_decay_end() != decay_end and lr_decay_end() > max_iters:
-                warning = (f"{path}: entry {index} ({entry['name']}), fired at iter {iter_of_last_op} (the latest it "
-                           f"can), moves the end of the lr decay to iter {lr_decay_end()}, after max_iters {max_iters}: "
-                           "the run would end before the lr reaches min_lr")
+                warning = (f"{path}: entry {index} ({entry['name']}), fired at iter {iter_of_last_op} (the latest "
+                           f"it can), moves the end of the lr decay to iter {lr_decay_end()}, after max_iters "
+                           f"{max_iters}: the run would end before the lr reaches min_lr")
             plan.append(dict(index=index, name=entry['name'], value=entry['value'], fires=describe_triggers(entry),
                              warning=warning, **settings))
     return plan
