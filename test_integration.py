@@ -19,6 +19,8 @@ import sys
 import numpy as np
 import pytest
 
+# tests/ holds helpers: pytest.ini puts it on the path for pytest, this line for `python test_integration.py`
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests'))
 import train
 from configurator import configure
 from helpers import entry
@@ -477,6 +479,49 @@ def test_dry_run_prints_the_plan_and_writes_nothing(data_dir, tmp_path):
     assert not out_dir.exists()
 
 
+@pytest.mark.parametrize('lr_schedule', ['cosine', 'wsd'])
+def test_plan_warns_of_a_decay_that_ends_after_max_iters(cpu_model, monkeypatch, tmp_path, lr_schedule):
+    """A late reset_lr_schedule or change_warmup_iters moves the end of the decay (cosine) or of the
+    cooldown (wsd) past max_iters: the run would end at a high lr. The plan names the entry, the
+    latest iter it can fire at, and where the decay would end; the other entries get no warning."""
+    for key, value in dict(max_iters=1000, lr_decay_iters=1000, warmup_iters=100, eval_interval=100,
+                           lr_schedule=lr_schedule, decay_lr=True).items():
+        monkeypatch.setattr(train, key, value)
+    entries = [entry('change_lr', 0.5, max_wait_iters=0),
+               entry('reset_lr_schedule', None, max_wait_iters=250),  # fires at the eval of iter 300 at the latest
+               entry('change_warmup_iters', 0.5, max_wait_iters=0),  # decay 500: ends at 800 again
+               entry('change_warmup_iters', 1.5, max_wait_iters=200),  # at 500 at the latest: decay 750 from 300, ends at 1050
+               entry('set_lr', 1e-3, trigger_loss=1.0, max_wait_iters=10**6),  # no change of the decay
+               entry('reset_lr_schedule', None, trigger_loss=1.0, max_wait_iters=10**6)]  # at max_iters at the latest
+    path = str(tmp_path / 'schedule.json')
+    plan = train.validate_schedule(path, entries, 0, cpu_model)
+    warning = "{}: entry {} ({}), fired at iter {} (the latest it can), moves the end of the lr decay to iter {}, " \
+              "after max_iters 1000: the run would end before the lr reaches min_lr"
+    assert [row['warning'] for row in plan] == [
+        None, warning.format(path, 1, 'reset_lr_schedule', 300, 1300), None,
+        warning.format(path, 3, 'change_warmup_iters', 500, 1050), None,
+        warning.format(path, 5, 'reset_lr_schedule', 1000, 1750)]
+    monkeypatch.setattr(train, 'decay_lr', False)  # a constant lr: nothing to anneal
+    assert [row['warning'] for row in train.validate_schedule(path, entries, 0, cpu_model)] == [None] * 6
+
+
+def test_dry_run_and_start_up_log_warn_of_a_decay_past_max_iters(scheduled_run, data_dir, tmp_path):
+    """RUN_SCHEDULE doubles lr_decay_iters (120 -> 240, max_iters 120) and resets the schedule at the latest at 120."""
+    schedule = tmp_path / 'schedule.json'
+    schedule.write_text(json.dumps(RUN_SCHEDULE))
+    warnings = [f"warning: {schedule}: entry 3 (change_warmup_iters), fired at iter 120 (the latest it can), moves "
+                "the end of the lr decay to iter 240, after max_iters 120: the run would end before the lr reaches min_lr",
+                f"warning: {schedule}: entry 5 (reset_lr_schedule), fired at iter 120 (the latest it can), moves "
+                "the end of the lr decay to iter 360, after max_iters 120: the run would end before the lr reaches min_lr"]
+    result = train_py(*RUN_ARGS, f'--data_dir={data_dir}', f'--out_dir={tmp_path / "out"}',
+                      f'--scaling_schedule_file={schedule}', '--dry_run=True')
+    assert [line.strip() for line in result.stdout.splitlines() if 'warning' in line] == warnings
+    stdout, _ = scheduled_run  # the same schedule, run (its file in another folder): the warnings come before step 0
+    start_up = [line for line in stdout[:stdout.index('step 0:')].splitlines() if 'warning' in line]
+    assert [line.split('schedule.json')[1] for line in start_up] == [w.split('schedule.json')[1] for w in warnings]
+    assert all(line.startswith('warning: ') for line in start_up)
+
+
 def test_dry_run_names_the_slope_trigger(data_dir, tmp_path):
     schedule = tmp_path / 'schedule.yaml'
     schedule.write_text("- {name: stack_layers, value: 2, trigger_loss: 0.0, max_wait_iters: 100, reevaluate: true,"
@@ -501,5 +546,5 @@ def test_bad_schedule_stops_before_step_0(data_dir, tmp_path):
     assert not out_dir.exists()
 
 
-if __name__ == '__main__':
-    sys.exit(pytest.main([__file__, '-q']))
+if __name__ == '__main__':  # python test_integration.py [pytest options]
+    sys.exit(pytest.main([__file__, '-q'] + sys.argv[1:]))

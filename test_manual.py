@@ -7,11 +7,14 @@ as main() does at every eval step. Only hyperparameter operations, so train.mode
 
 import json
 import math
+import os
 import sys
 from functools import partial
 
 import pytest
 
+# tests/ holds helpers: pytest.ini puts it on the path for pytest, this line for `python test_manual.py`
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests'))
 import helpers
 import train
 from model import GPT, GPTConfig
@@ -281,9 +284,34 @@ def test_change_lr_scales_lr_and_min_lr():
 
 def test_set_lr_is_absolute():
     fire_now(('change_lr', 4.0), ('set_lr', 5e-4))
-    assert train.lr_multiplier == pytest.approx(0.5, rel=1e-12)
+    assert (train.lr_multiplier, train.set_values) == (1.0, {'lr': [5e-4, pytest.approx(5e-5, rel=1e-12)]})
     assert train.get_lr(100) == pytest.approx(5e-4, rel=1e-12)
     assert train.get_lr(5000) == pytest.approx(5e-5, rel=1e-12)  # min_lr keeps its ratio to lr
+    fire_now(('change_lr', 0.5))  # a factor after a set_ scales the value set
+    assert train.get_lr(100) == pytest.approx(2.5e-4, rel=1e-12)
+
+
+def test_set_ops_stay_absolute_after_a_resume_with_other_config_values():
+    """A set_ op's value is kept in the orchestrator state: a run resumed (the state through JSON, as
+    in a checkpoint) with another learning_rate, batch_size, ... keeps what was set. set_ ops once
+    stored a ratio to the config value, and a resume with --learning_rate=2e-3 turned set_lr 5e-4 into 1e-3."""
+    fire_now(('set_lr', 5e-4), ('set_batch_size', 30), ('set_grad_accum', 8), ('set_warmup_iters', 50),
+             ('set_eval_iters', 7), ('set_eval_interval', 100), ('change_eval_iters', 2.0))
+
+    def effective():
+        return (train.get_lr(49), train.get_lr(5000), train.effective_batch_size(), train.effective_grad_accum(),
+                train.effective_warmup_iters(), train.effective_lr_decay_iters(), train.effective_eval_iters(),
+                train.effective_eval_interval())
+    assert effective() == pytest.approx((5e-4 * 50 / 51, 5e-5, 30, 8, 50, 1000, 14, 100), rel=1e-12)
+    state = json.loads(json.dumps(train.orchestrator_state()))
+    for name, value in dict(learning_rate=2e-3, min_lr=3e-4, batch_size=5, gradient_accumulation_steps=3,
+                            warmup_iters=10, lr_decay_iters=700, eval_iters=3, eval_interval=40).items():
+        setattr(train, name, value)  # the config fixture puts them back
+    train.reset_orchestrator()
+    train.load_orchestrator_state(state)
+    assert effective() == pytest.approx((5e-4 * 50 / 51, 5e-5, 30, 8, 50, 1000, 14, 100), rel=1e-12)
+    fire_now(('change_lr', 0.5), ('change_batch_size', 2.0), ('set_eval_iters', 4))
+    assert effective() == pytest.approx((2.5e-4 * 50 / 51, 2.5e-5, 60, 8, 50, 1000, 4, 100), rel=1e-12)
 
 
 def test_reset_lr_schedule_restarts_warmup_and_decay_at_the_op():
@@ -527,12 +555,12 @@ def test_orchestrator_state_round_trip():
     assert effective == (30, 4, 125) and final['schedule_position'] == 5
 
 
-if __name__ == '__main__':
-    sys.exit(pytest.main([__file__, '-q']))
-
-
-def test_orchestrator_state_round_trip():
+def test_load_orchestrator_state_sets_every_key():
     """load_orchestrator_state sets every variable that orchestrator_state saves: a marker per key comes back."""
     state = {key: f'<{key}>' for key in train.ORCHESTRATOR_KEYS}
     train.load_orchestrator_state(state)
     assert train.orchestrator_state() == state
+
+
+if __name__ == '__main__':  # python test_manual.py [pytest options]
+    sys.exit(pytest.main([__file__, '-q'] + sys.argv[1:]))

@@ -104,6 +104,7 @@ lr_schedule_offset = 0  # the lr schedule (warmup, decay) runs on iter_num - lr_
 warmup_iters_multiplier = 1.0  # scales warmup_iters and lr_decay_iters
 eval_iters_multiplier = 1.0
 eval_interval_multiplier = 1.0
+set_values = {}  # absolute values of set_ ops (e.g. {'lr': [peak, min]}): a multiplier scales these, not the config's
 schedule = []  # the entries still to run, next first
 schedule_position = 0  # index in the schedule file of schedule[0]
 iter_of_last_op = 0
@@ -112,9 +113,9 @@ active_ramp = None  # the MSG mask still rising: {'name', 'start_iter', 'anneal_
 iter_of_last_growth = -1  # for growth_lr_rewarm_iters; -1 = no growth yet
 evals_since_op = []  # [training flops, val loss] of each eval since the previous op, for trigger_slope
 ORCHESTRATOR_KEYS = ['lr_multiplier', 'batch_size_multiplier', 'grad_accum_multiplier', 'lr_schedule_offset',
-                     'warmup_iters_multiplier', 'eval_iters_multiplier', 'eval_interval_multiplier', 'schedule',
-                     'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp', 'iter_of_last_growth',
-                     'evals_since_op']
+                     'warmup_iters_multiplier', 'eval_iters_multiplier', 'eval_interval_multiplier', 'set_values',
+                     'schedule', 'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp',
+                     'iter_of_last_growth', 'evals_since_op']
 ddp_world_size = 1  # set by setup_distributed; the orchestrator's rounding of grad accumulation needs it
 master_process = True  # rank 0 logs and writes; set by setup_distributed
 model = None  # the GPT being trained (set in main; growth ops change it in place)
@@ -131,36 +132,54 @@ class UserError(Exception):
 # -----------------------------------------------------------------------------
 # effective values: the loop reads every schedulable setting through these
 
+# a multiplier scales the config's value, or the absolute value of the last set_ op (set_values, checkpointed:
+# a run resumed with another --learning_rate keeps the lr that set_lr gave)
+
 def effective_batch_size():
-    return round(batch_size * batch_size_multiplier)
+    return round(set_values.get('batch_size', batch_size) * batch_size_multiplier)
+
+
+def grad_accum_total():
+    """Global accumulation steps before the rounding to the world size."""
+    return set_values.get('grad_accum', gradient_accumulation_steps) * grad_accum_multiplier
 
 
 def effective_grad_accum():
     """Global accumulation steps (summed over ranks), rounded to the nearest multiple of the
     DDP world size, at least one step per rank."""
-    total = gradient_accumulation_steps * grad_accum_multiplier
-    return max(1, round(total / ddp_world_size)) * ddp_world_size
+    return max(1, round(grad_accum_total() / ddp_world_size)) * ddp_world_size
 
 
 def effective_eval_iters():
-    return round(eval_iters * eval_iters_multiplier)
+    return round(set_values.get('eval_iters', eval_iters) * eval_iters_multiplier)
 
 
 def effective_eval_interval():
-    return round(eval_interval * eval_interval_multiplier)
+    return round(set_values.get('eval_interval', eval_interval) * eval_interval_multiplier)
+
+
+def lr_schedule_lengths():
+    """warmup_iters, lr_decay_iters and cooldown_iters (0: a fifth of lr_decay_iters), before the multiplier."""
+    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
+    return set_values.get('warmup_iters', [warmup_iters, lr_decay_iters, cooldown])
 
 
 def effective_warmup_iters():
-    return round(warmup_iters * warmup_iters_multiplier)
+    return round(lr_schedule_lengths()[0] * warmup_iters_multiplier)
 
 
 def effective_lr_decay_iters():
-    return round(lr_decay_iters * warmup_iters_multiplier)
+    return round(lr_schedule_lengths()[1] * warmup_iters_multiplier)
 
 
 def effective_cooldown_iters():
-    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
-    return round(cooldown * warmup_iters_multiplier)
+    return round(lr_schedule_lengths()[2] * warmup_iters_multiplier)
+
+
+def peak_and_min_lr():
+    """The top and the bottom of the lr schedule: learning_rate and min_lr (or set_lr's), times lr_multiplier."""
+    peak, low = set_values.get('lr', [learning_rate, min_lr])
+    return peak * lr_multiplier, low * lr_multiplier
 
 
 def scheduled_lr(t, lr_max, lr_min):
@@ -185,7 +204,7 @@ def scheduled_lr(t, lr_max, lr_min):
 def get_lr(it):
     """The lr schedule on the schedule's own clock (it - lr_schedule_offset), scaled by
     lr_multiplier, and re-warmed after a growth op when growth_lr_rewarm_iters > 0."""
-    lr_max, lr_min = learning_rate * lr_multiplier, min_lr * lr_multiplier
+    lr_max, lr_min = peak_and_min_lr()
     lr = scheduled_lr(it - lr_schedule_offset, lr_max, lr_min) if decay_lr else lr_max
     since_growth = it - iter_of_last_growth
     if iter_of_last_growth >= 0 and since_growth < growth_lr_rewarm_iters:
@@ -195,7 +214,7 @@ def get_lr(it):
 
 def effective_settings():
     """What an operation can change, for logs, events and the dry-run plan."""
-    settings = dict(peak_lr=learning_rate * lr_multiplier, batch_size=effective_batch_size(),
+    settings = dict(peak_lr=peak_and_min_lr()[0], batch_size=effective_batch_size(),
                     grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
                     eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
                     lr_decay_iters=effective_lr_decay_iters(), lr_schedule_offset=lr_schedule_offset)
@@ -364,7 +383,8 @@ def change_lr(value):
 
 def set_lr(value):
     global lr_multiplier
-    lr_multiplier = value / learning_rate
+    set_values['lr'] = [value, min_lr * value / learning_rate]  # min_lr keeps its ratio to the config's lr
+    lr_multiplier = 1.0
 
 
 def change_batch_size(value):
@@ -374,7 +394,8 @@ def change_batch_size(value):
 
 def set_batch_size(value):
     global batch_size_multiplier
-    batch_size_multiplier = value / batch_size
+    set_values['batch_size'] = value
+    batch_size_multiplier = 1.0
 
 
 def change_grad_accum(value):
@@ -384,7 +405,8 @@ def change_grad_accum(value):
 
 def set_grad_accum(value):
     global grad_accum_multiplier
-    grad_accum_multiplier = value / gradient_accumulation_steps
+    set_values['grad_accum'] = value
+    grad_accum_multiplier = 1.0
 
 
 def change_warmup_iters(value):
@@ -393,8 +415,11 @@ def change_warmup_iters(value):
 
 
 def set_warmup_iters(value):
+    """warmup_iters = value; lr_decay_iters and the cooldown scaled by the same factor from the config's."""
     global warmup_iters_multiplier
-    warmup_iters_multiplier = value / warmup_iters
+    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
+    set_values['warmup_iters'] = [value, lr_decay_iters * value / warmup_iters, cooldown * value / warmup_iters]
+    warmup_iters_multiplier = 1.0
 
 
 def change_eval_iters(value):
@@ -404,7 +429,8 @@ def change_eval_iters(value):
 
 def set_eval_iters(value):
     global eval_iters_multiplier
-    eval_iters_multiplier = value / eval_iters
+    set_values['eval_iters'] = value
+    eval_iters_multiplier = 1.0
 
 
 def change_eval_interval(value):
@@ -414,7 +440,8 @@ def change_eval_interval(value):
 
 def set_eval_interval(value):
     global eval_interval_multiplier
-    eval_interval_multiplier = value / eval_interval
+    set_values['eval_interval'] = value
+    eval_interval_multiplier = 1.0
 
 
 def check_change(value, _config):
@@ -422,7 +449,8 @@ def check_change(value, _config):
 
 
 def check_set(absolute_check, label, base_key):
-    """The check of set_<label>: the value, and a config value base_key that it can be divided by."""
+    """The check of set_<label>: the value, and a config value base_key that it can be divided by
+    (set_lr keeps min_lr's ratio to learning_rate, set_warmup_iters lr_decay_iters' to warmup_iters)."""
     def check(value, _config):
         absolute_check(value)
         if globals()[base_key] == 0:
@@ -430,7 +458,7 @@ def check_set(absolute_check, label, base_key):
     return check
 
 
-def check_count(value):
+def check_count(value, _config):
     check_int(value, 1)
 
 
@@ -438,15 +466,16 @@ OPERATIONS = {
     'change_lr': Operation(check_change, change_lr),
     'set_lr': Operation(check_set(check_factor, 'lr', 'learning_rate'), set_lr),
     'change_batch_size': Operation(check_change, change_batch_size),
-    'set_batch_size': Operation(check_set(check_count, 'batch_size', 'batch_size'), set_batch_size),
+    'set_batch_size': Operation(check_count, set_batch_size),
     'change_grad_accum': Operation(check_change, change_grad_accum),
-    'set_grad_accum': Operation(check_set(check_count, 'grad_accum', 'gradient_accumulation_steps'), set_grad_accum),
+    'set_grad_accum': Operation(check_count, set_grad_accum),
     'change_warmup_iters': Operation(check_change, change_warmup_iters),
-    'set_warmup_iters': Operation(check_set(check_count, 'warmup_iters', 'warmup_iters'), set_warmup_iters),
+    'set_warmup_iters': Operation(check_set(lambda value: check_int(value, 1), 'warmup_iters', 'warmup_iters'),
+                                  set_warmup_iters),
     'change_eval_iters': Operation(check_change, change_eval_iters),
-    'set_eval_iters': Operation(check_set(check_count, 'eval_iters', 'eval_iters'), set_eval_iters),
+    'set_eval_iters': Operation(check_count, set_eval_iters),
     'change_eval_interval': Operation(check_change, change_eval_interval),
-    'set_eval_interval': Operation(check_set(check_count, 'eval_interval', 'eval_interval'), set_eval_interval),
+    'set_eval_interval': Operation(check_count, set_eval_interval),
 }
 
 
@@ -686,7 +715,7 @@ def orchestrator_state():
 def load_orchestrator_state(state):
     """Set every variable of the orchestrator state from a copy of `state` (as orchestrator_state returns it)."""
     global lr_multiplier, batch_size_multiplier, grad_accum_multiplier, lr_schedule_offset, warmup_iters_multiplier
-    global eval_iters_multiplier, eval_interval_multiplier, schedule, schedule_position, iter_of_last_op
+    global eval_iters_multiplier, eval_interval_multiplier, set_values, schedule, schedule_position, iter_of_last_op
     global executed_ops, active_ramp, iter_of_last_growth, evals_since_op
     state = json.loads(json.dumps(state))
     lr_multiplier = state['lr_multiplier']
@@ -696,6 +725,7 @@ def load_orchestrator_state(state):
     warmup_iters_multiplier = state['warmup_iters_multiplier']
     eval_iters_multiplier = state['eval_iters_multiplier']
     eval_interval_multiplier = state['eval_interval_multiplier']
+    set_values = state.get('set_values', {})  # none in checkpoints of before issue 15, whose set_ ops were ratios
     schedule = state['schedule']
     schedule_position = state['schedule_position']
     iter_of_last_op = state['iter_of_last_op']
@@ -709,7 +739,7 @@ def reset_orchestrator(entries=()):
     """Fresh orchestrator state with the given schedule (tests use this too)."""
     load_orchestrator_state(dict(
         lr_multiplier=1.0, batch_size_multiplier=1.0, grad_accum_multiplier=1.0, lr_schedule_offset=0,
-        warmup_iters_multiplier=1.0, eval_iters_multiplier=1.0, eval_interval_multiplier=1.0,
+        warmup_iters_multiplier=1.0, eval_iters_multiplier=1.0, eval_interval_multiplier=1.0, set_values={},
         schedule=list(entries), schedule_position=0, iter_of_last_op=0, executed_ops=[],
         active_ramp=None, iter_of_last_growth=-1, evals_since_op=[]))
 
@@ -736,15 +766,27 @@ def describe_triggers(entry):
     return ' or '.join(triggers + [f"{entry['max_wait_iters']} iters after the previous op"])
 
 
+def lr_decay_end():
+    """The iter at which the lr schedule reaches min_lr."""
+    return lr_schedule_offset + effective_lr_decay_iters()
+
+
 def validate_schedule(path, entries, first_index, model_config):
     """Walk the schedule on a simulated model: every value is checked against the model and the
-    settings it will meet. Returns the plan: one row of effective settings per entry."""
+    settings it will meet. Returns the plan: one row of effective settings per entry, with a warning
+    where the entry, fired as late as it can, moves the end of the lr decay past max_iters (a late
+    reset_lr_schedule or change_warmup_iters: the run would end before the lr anneals)."""
+    global iter_of_last_op
     plan = []
     with simulation(model_config):
         check_fits_in_memory('config')
         for offset, entry in enumerate(entries):
             index = first_index + offset
             operation = OPERATIONS[entry['name']]
+            # the latest iter the entry can fire at: its timeout (every entry before at theirs), or the last eval
+            interval = effective_eval_interval()
+            iter_of_last_op = min(max_iters, iter_of_last_op + -(-entry['max_wait_iters'] // interval) * interval)
+            decay_end = lr_decay_end()
             try:
                 operation.check(entry['value'], model.config)
                 operation.apply(entry['value'])
@@ -752,15 +794,19 @@ def validate_schedule(path, entries, first_index, model_config):
                     model.fold_ramp()
                 settings = effective_settings()
                 check_rounds_positive('the batch size', settings['batch_size'])
-                check_rounds_positive('the gradient accumulation steps',
-                                      round(gradient_accumulation_steps * grad_accum_multiplier))
+                check_rounds_positive('the gradient accumulation steps', round(grad_accum_total()))
                 check_rounds_positive('eval_iters', settings['eval_iters'])
                 check_rounds_positive('eval_interval', settings['eval_interval'])
             except BadValue as e:
                 raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
             check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
+            warning = None
+            if decay_lr and lr_decay_end() != decay_end and lr_decay_end() > max_iters:
+                warning = (f"{path}: entry {index} ({entry['name']}), fired at iter {iter_of_last_op} (the latest "
+                           f"it can), moves the end of the lr decay to iter {lr_decay_end()}, after max_iters "
+                           f"{max_iters}: the run would end before the lr reaches min_lr")
             plan.append(dict(index=index, name=entry['name'], value=entry['value'], fires=describe_triggers(entry),
-                             **settings))
+                             warning=warning, **settings))
     return plan
 
 
@@ -773,6 +819,8 @@ def print_plan(plan):
               f"n_head {row['n_head']}, n_embd {row['n_embd']}, n_hidden {row['n_hidden']}, "
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
               f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
+        if row['warning']:
+            print(f"      warning: {row['warning']}")
 
 
 def check_schedule_matches(entries):
@@ -973,12 +1021,40 @@ def check_data():
         if n_tokens <= block_size:
             raise UserError(f"data: {split}.bin in {folder} has {n_tokens} tokens, fewer than block_size+1 "
                             f"({block_size + 1})")
-        tokens = np.memmap(os.path.join(folder, f'{split}.bin'), dtype=np.uint16, mode='r')
-        largest = max(int(tokens[i:i + 2**26].max()) for i in range(0, len(tokens), 2**26))
+        largest = largest_token(os.path.join(folder, f'{split}.bin'))
         if largest >= vocab_size:
             raise UserError(f"data: {split}.bin in {folder} holds token {largest}, but meta.pkl's vocab_size is "
                             f"{vocab_size}; remake the data with: {prepare}")
     return meta
+
+
+def largest_token(path):
+    """The largest token of a .bin file. It takes a full read (18 GB per rank on OpenWebText), so it is
+    done once: the result is remembered beside the data, in largest_token.json, with the file's size and
+    mtime, and a later launch on the same file reads only that. A changed file is read again."""
+    stat = os.stat(path)
+    file_key = [stat.st_size, stat.st_mtime_ns]
+    memo_path = os.path.join(os.path.dirname(path), 'largest_token.json')
+    try:
+        with open(memo_path) as f:
+            memo = json.load(f)
+    except (OSError, ValueError):
+        memo = {}
+    memo = memo if isinstance(memo, dict) else {}
+    name = os.path.basename(path)
+    if isinstance(memo.get(name), dict) and memo[name].get('file') == file_key:
+        return memo[name]['largest']
+    tokens = np.memmap(path, dtype=np.uint16, mode='r')
+    largest = max(int(tokens[i:i + 2**26].max()) for i in range(0, len(tokens), 2**26))
+    memo[name] = dict(file=file_key, largest=largest)
+    tmp = f"{memo_path}.{os.getpid()}.tmp"  # DDP ranks may write at once: each its own file, then a rename
+    try:
+        with open(tmp, 'w') as f:
+            json.dump(memo, f)
+        os.replace(tmp, memo_path)
+    except OSError:  # a read-only data folder: the next launch reads the file again
+        pass
+    return largest
 
 
 def get_batch(split, generator, size):
@@ -1011,8 +1087,9 @@ def estimate_loss(eval_model, ctx, rank, ddp, splits=('train', 'val')):
                 _, loss = eval_model(X, Y)
             losses[k] = loss.float()
         mean = losses.mean()
-        if ddp:
-            dist.all_reduce(mean, op=dist.ReduceOp.AVG)
+        if ddp:  # a sum, then the division: gloo averages only from torch 2.8 on (and wrongly in some versions after)
+            dist.all_reduce(mean)
+            mean /= ddp_world_size
         out[split] = mean.item()
     eval_model.train()
     return out
@@ -1032,13 +1109,18 @@ def save_checkpoint(checkpoint, path):
     os.replace(tmp, path)
 
 
+CHECKPOINT_KEYS = tuple(dict.fromkeys(('model', 'model_args', 'optimizer', 'iter_num', 'orchestrator', 'rng', 'scaler',
+                                        'config', 'wandb_run_id') + PROGRESS_KEYS))  # what a resume reads
+
+
 def load_checkpoint(path):
     if not os.path.isfile(path):
         raise UserError(f"init_from='resume': no checkpoint at {path}")
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-        missing = [k for k in ('model', 'model_args', 'optimizer', 'iter_num', 'orchestrator', 'rng')
-                   if k not in checkpoint]
+        missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+        missing += [f'orchestrator.{k}' for k in ORCHESTRATOR_KEYS if 'orchestrator' in checkpoint
+                    and k not in checkpoint['orchestrator'] and k != 'set_values']
     except Exception as e:
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
@@ -1247,6 +1329,10 @@ def check_inputs():
             model_config_from_hf(meta)
         reset_orchestrator(load_schedule_file(scaling_schedule_file) if scaling_schedule_file else [])
     else:
+        saved_ranks = len(checkpoint['rng'])
+        if saved_ranks != ddp_world_size:  # each rank goes on with its own rng and data order from the checkpoint
+            raise UserError(f"{out_dir}/ckpt.pt: written by {saved_ranks} DDP process(es), resumed with "
+                            f"{ddp_world_size}; resume with {saved_ranks} (each one continues its own data order)")
         model_config = GPTConfig(**checkpoint['model_args'])
         load_orchestrator_state(checkpoint['orchestrator'])
         if scaling_schedule_file:
@@ -1372,15 +1458,16 @@ def eval_event(losses, elapsed_s):
                 eval_flops=progress['eval_flops'], mask=ramp_mask(it), elapsed_s=elapsed_s)
 
 
-def step_is_finite(iter_num, loss, grad_norm):
-    """Stop at a non-finite loss or gradient norm, or skip up to skip_nonfinite_steps in a row.
+def step_is_finite(iter_num, loss_nonfinite, grad_norm):
+    """Stop at a non-finite loss (loss_nonfinite: a flag on the device, set by any micro step) or
+    gradient norm, or skip up to skip_nonfinite_steps in a row.
     The check is a host-device sync: on cuda it is taken at log intervals only, unless steps are to
     be skipped (a non-finite step in between is then caught there, and by the eval before any checkpoint).
     Under DDP the ranks agree on the decision with one small all-reduce, where the check runs."""
     global nonfinite_in_a_row
     if device_type == 'cuda' and not skip_nonfinite_steps and iter_num % log_interval:
         return True
-    nonfinite = ~torch.isfinite(loss.detach().view(1))
+    nonfinite = loss_nonfinite.view(1)
     if grad_norm is not None and not scaler.is_enabled():  # with fp16 the grad scaler handles inf gradients itself
         nonfinite |= ~torch.isfinite(grad_norm.view(1))
     if ddp:  # the loss is this rank's own: every rank must skip or stop together, or the others hang or diverge
@@ -1406,6 +1493,9 @@ def train_step(iter_num):
         param_group['lr'] = lr
     micro_steps = effective_grad_accum() // ddp_world_size
     step_batch_size = effective_batch_size()
+    # every micro step's loss is checked (without grad_clip a NaN in any of them reaches the gradients
+    # unseen by the norm); the flag stays on the device, so there is no sync per micro step
+    loss_nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for micro_step in range(micro_steps):
         if ddp:
             # sync gradients at the last micro step only
@@ -1414,13 +1504,14 @@ def train_step(iter_num):
         with ctx:
             _, loss = train_model(X, Y)
             loss = loss / micro_steps
+        loss_nonfinite |= ~torch.isfinite(loss.detach())
         scaler.scale(loss).backward()
     # unscale here, not in scaler.step: a skipped step must leave the fp16 scaler its inf checks for update()
     scaler.unscale_(optimizer)
     grad_norm = None
     if grad_clip != 0.0:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    applied = step_is_finite(iter_num, loss, grad_norm)
+    applied = step_is_finite(iter_num, loss_nonfinite, grad_norm)
     if applied:
         scaler.step(optimizer)
     scaler.update()
@@ -1449,6 +1540,21 @@ def stop_requested():
     return bool(flag.item())
 
 
+def rewound_wandb_run(wandb, run_id, iter_num, config):
+    """The checkpoint's wandb run, its history cut back to the checkpoint's iter as events.jsonl is
+    (wandb's rewind, resume_from: history steps below the given one stay). Rewind is a preview feature
+    of the W&B server: where it is refused, None, and a note says what the charts will show."""
+    try:
+        return wandb.init(project=wandb_project, name=wandb_run_name, config=config,
+                          resume_from=f"{run_id}?_step={iter_num + 1}")
+    except wandb.errors.Error as e:
+        print(f"wandb: run {run_id} could not be rewound to iter {iter_num} ({' '.join(str(e).split())[:200]}); "
+              f"it is resumed with its history as it is: wandb drops what this run logs at the iters it already has "
+              f"(up to the last one logged before the stop), so there the charts show the old points; "
+              f"events.jsonl has this run's")
+        return None
+
+
 def open_logging(config, checkpoint):
     """wandb (continuing the checkpoint's run) and the event log; rank 0 only."""
     if not master_process:
@@ -1458,8 +1564,11 @@ def open_logging(config, checkpoint):
     if wandb_log:
         import wandb
         run_id = checkpoint['wandb_run_id'] if checkpoint else ''
-        wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config,
-                               id=run_id or None, resume='allow' if run_id else None)
+        if run_id:
+            wandb_run = rewound_wandb_run(wandb, run_id, checkpoint['iter_num'], config)
+        if wandb_run is None:
+            wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config,
+                                   id=run_id or None, resume='allow' if run_id else None)
     keep_through_iter = checkpoint['iter_num'] if checkpoint else None
     return wandb_run, EventLog(os.path.join(out_dir, 'events.jsonl'), keep_through_iter, wandb_run)
 
@@ -1473,6 +1582,10 @@ def main():
             print_plan(plan)
         return
     build_run(model_config, checkpoint)
+    if master_process:
+        for row in plan:
+            if row['warning']:
+                print(f"warning: {row['warning']}")
     wandb_run, log_event = open_logging(config, checkpoint)
     del checkpoint  # free its memory
     if master_process:

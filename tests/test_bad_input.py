@@ -503,6 +503,35 @@ def test_data_bin_with_odd_byte_count(tmp_path, tiny, monkeypatch):
         + GENERIC.replace('{d}', folder))
 
 
+def test_data_is_read_once_then_its_largest_token_remembered(tmp_path, tiny, monkeypatch):
+    """check_data once read all of train.bin at every launch (18 GB per rank on OpenWebText): now the
+    largest token of each file is remembered by size and mtime, and a later launch reads none of it.
+    A meta.pkl that does not match is still refused, and a changed file is read again."""
+    folder = make_data(tmp_path / 'data', train_max=40, val_max=30)
+    monkeypatch.setattr(train, 'data_dir', folder)
+    reads, memmap = [], np.memmap
+    monkeypatch.setattr(np, 'memmap', lambda path, *args, **kwargs: reads.append(os.path.basename(path))
+                        or memmap(path, *args, **kwargs))
+    assert train.check_data()['vocab_size'] == 65 and reads == ['train.bin', 'val.bin']
+    with open(os.path.join(folder, 'largest_token.json')) as f:
+        memo = json.load(f)
+    assert (memo['train.bin']['largest'], memo['val.bin']['largest']) == (40, 30)
+    assert memo['train.bin']['file'][0] == 400
+    for _ in range(3):
+        train.check_data()
+    assert reads == ['train.bin', 'val.bin']
+    with open(os.path.join(folder, 'meta.pkl'), 'wb') as f:
+        pickle.dump({'vocab_size': 40}, f)  # a meta.pkl of other data
+    assert refused(train.check_data) == (f"data: train.bin in {folder} holds token 40, but meta.pkl's vocab_size is 40; "
+                                         "remake the data with: " + GENERIC.replace('{d}', folder))
+    assert reads == ['train.bin', 'val.bin']
+    path = os.path.join(folder, 'train.bin')
+    mtime_ns = os.stat(path).st_mtime_ns
+    np.full(200, 7, dtype=np.uint16).tofile(path)  # the same size, other tokens
+    os.utime(path, ns=(mtime_ns + 10**9, mtime_ns + 10**9))
+    assert train.check_data()['vocab_size'] == 40 and reads == ['train.bin', 'val.bin', 'train.bin']
+
+
 @pytest.mark.parametrize('content, found', [
     pytest.param(b'not a pickle', "(invalid load key, 'n'.)", id='meta_garbage'),
     pytest.param(pickle.dumps({'itos': {}}), "('vocab_size')", id='meta_without_vocab_size'),
@@ -617,3 +646,52 @@ def test_command_line_refuses_without_creating_out_dir(tmp_path):
     assert (result.returncode, result.stderr) == (
         2, f"error: {path}: entry 0, field 'value': change_lr: expected a finite number, got nan (float)\n")
     assert not out_dir.exists()
+
+
+# -----------------------------------------------------------------------------
+# a real checkpoint, changed: a key a resume reads is gone, or another number of DDP processes
+
+@pytest.fixture(scope='module')
+def written_checkpoint(tmp_path_factory):
+    """A 2-iter run's data folder and ckpt.pt."""
+    root = tmp_path_factory.mktemp('written')
+    write_char_data(root / 'data', n_chars=5000)
+    result = run_train(train_args(root / 'data', root / 'out', max_iters=2, eval_interval=2), timeout=300)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def changed_checkpoint(written_checkpoint, tmp_path, change):
+    """A copy of the written checkpoint, change(checkpoint) applied, saved in tmp_path/out."""
+    checkpoint = torch.load(written_checkpoint / 'out' / 'ckpt.pt', map_location='cpu', weights_only=True)
+    change(checkpoint)
+    (tmp_path / 'out').mkdir()
+    torch.save(checkpoint, tmp_path / 'out' / 'ckpt.pt')
+    return str(tmp_path / 'out' / 'ckpt.pt')
+
+
+@pytest.mark.parametrize('key', ['scaler', 'next_eval_iter', 'tokens', 'wandb_run_id', 'orchestrator.executed_ops'])
+def test_resume_from_a_checkpoint_without_a_key_it_needs(written_checkpoint, tmp_path, key):
+    """Once refused with a KeyError traceback, after the model was built."""
+    parent, _, name = key.rpartition('.')
+    path = changed_checkpoint(written_checkpoint, tmp_path, lambda c: (c[parent] if parent else c).pop(name))
+    assert refused(train.load_checkpoint, path) == f"{path}: not a checkpoint of this train.py: missing '{key}'"
+
+
+def test_resume_with_fewer_ddp_processes_than_wrote_the_checkpoint(written_checkpoint, tmp_path):
+    """A checkpoint of 2 processes resumed by 1: refused in one line naming both sizes (it once went on,
+    silently, with rank 0's data order alone)."""
+    changed_checkpoint(written_checkpoint, tmp_path, lambda c: c['rng'].append(c['rng'][0]))
+    result = run_train(train_args(written_checkpoint / 'data', tmp_path / 'out', max_iters=4, eval_interval=2,
+                                  init_from='resume'), timeout=300)
+    assert (result.returncode, result.stderr) == (2, f"error: {tmp_path}/out/ckpt.pt: written by 2 DDP process(es), "
+                                                     "resumed with 1; resume with 2 (each one continues its own data order)\n")
+
+
+def test_resume_with_more_ddp_processes_than_wrote_the_checkpoint(written_checkpoint, tiny, monkeypatch):
+    """A checkpoint of 1 process resumed by 2 once stopped with an IndexError traceback on rank 1."""
+    for key, value in dict(init_from='resume', out_dir=str(written_checkpoint / 'out'), ddp_world_size=2,
+                           data_dir=str(written_checkpoint / 'data')).items():
+        monkeypatch.setattr(train, key, value)
+    assert refused(train.check_inputs) == (f"{written_checkpoint}/out/ckpt.pt: written by 1 DDP process(es), "
+                                           "resumed with 2; resume with 1 (each one continues its own data order)")

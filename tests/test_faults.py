@@ -268,3 +268,42 @@ def test_skip_nonfinite_steps_skips_transient_nans(setup, tmp_path, dtype, grad_
         assert checkpoint['scaler']['scale'] == 2.0**16 / 2**3  # the initial scale, halved by each skip
     else:
         assert checkpoint['scaler'] == {}  # no scaler without float16
+
+
+@pytest.mark.parametrize('nan_micro_step', [0, 1, 2])
+def test_a_nan_in_any_micro_step_skips_the_step_without_grad_clip(tmp_path, monkeypatch, nan_micro_step):
+    """grad_clip=0 leaves no gradient norm to check: the loss of every micro step is checked, not
+    only the last one's (a NaN in micro step 0 of 3 once reached the weights with the step applied)."""
+    from helpers import TINY, write_char_data
+    from model import GPT, GPTConfig
+    vocab_size = write_char_data(tmp_path / 'data', n_chars=20_000)
+    settings = dict(TINY, data_dir=str(tmp_path / 'data'), gradient_accumulation_steps=3, grad_clip=0.0,
+                    skip_nonfinite_steps=1, ddp=False, ddp_world_size=1, device_type='cpu')
+    for key, value in settings.items():
+        monkeypatch.setattr(train, key, value)
+    monkeypatch.setattr(train, 'nonfinite_in_a_row', 0)
+    monkeypatch.setattr(train, 'data_generator', torch.Generator().manual_seed(0))
+    monkeypatch.setattr(train, 'ctx', train.nullcontext())
+    monkeypatch.setattr(train, 'model', GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, bias=False,
+                                                      vocab_size=vocab_size)))
+    monkeypatch.setattr(train, 'eval_model', train.model)
+    monkeypatch.setattr(train, 'train_model', train.model)
+    monkeypatch.setattr(train, 'scaler', torch.amp.GradScaler('cpu', enabled=False))
+    train.reset_orchestrator()
+    train.build_optimizer()
+    forward, calls = GPT.forward, []
+
+    def nan_forward(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
+        calls.append(idx.shape)
+        return logits, loss * float('nan') if len(calls) - 1 == nan_micro_step else loss  # in the first step only
+    monkeypatch.setattr(GPT, 'forward', nan_forward)
+    before = {k: v.clone() for k, v in train.model.state_dict().items()}
+    _, micro_steps, _, applied = train.train_step(0)
+    assert (micro_steps, len(calls), applied, train.nonfinite_in_a_row) == (3, 3, False, 1)
+    assert all(torch.equal(before[k], v) for k, v in train.model.state_dict().items())
+    assert not train.optimizer.state  # the optimizer never stepped
+    _, _, _, applied = train.train_step(1)
+    changed = [k for k, v in train.model.state_dict().items() if not torch.equal(before[k], v)]
+    assert applied and train.nonfinite_in_a_row == 0 and len(changed) > 5
+    assert all(torch.isfinite(v).all() for v in train.model.state_dict().values())

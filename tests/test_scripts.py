@@ -1,0 +1,61 @@
+"""The repo's own checks: the documented test commands run as written, and the linter finds nothing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+
+
+def collected(args, cwd):
+    """The test names a pytest collection lists (args give -q once: one 'file::test' line each)."""
+    out = subprocess.run([sys.executable] + args + ['--collect-only'], cwd=cwd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return [line.split('::', 1)[1] for line in out.stdout.splitlines() if '::' in line]
+
+
+@pytest.mark.parametrize('script', ['test_manual.py', 'test_integration.py'])
+def test_documented_test_command_runs_from_anywhere(script, tmp_path):
+    """`python test_manual.py` (README_ORCHESTRATOR's Testing section) collects its tests, also from
+    another working directory (it once stopped at `import helpers`, which only pytest.ini put on the path)."""
+    assert len(collected([os.path.join(REPO, script)], cwd=tmp_path)) > 30  # 35 and 172 today; the script adds -q
+
+
+def test_both_orchestrator_state_round_trips_run():
+    """test_manual.py once defined test_orchestrator_state_round_trip twice, and the first never ran."""
+    names = collected(['test_manual.py', '-k', 'state_round_trip or sets_every_key'], cwd=REPO)
+    assert names == ['test_orchestrator_state_round_trip', 'test_load_orchestrator_state_sets_every_key']
+
+
+def test_ruff_finds_no_redefined_or_undefined_name():
+    out = subprocess.run([sys.executable, '-m', 'ruff', 'check', '--no-cache', '.'], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# the first torch release with each API the code calls (PyTorch's release notes and docs)
+TORCH_API_SINCE = {
+    'torch.amp.GradScaler(': (2, 3),  # device-generic, and the first GradScaler for cpu
+    'torch.compile(': (2, 0),
+    'F.scaled_dot_product_attention(': (2, 0),
+    "with torch.device('meta')": (2, 0),
+    'weights_only=True': (1, 13),
+    'ReduceOp.AVG': (2, 8),  # on gloo (cpu DDP); nccl had it long before
+}
+
+
+def test_requirements_torch_bound_covers_the_apis_used():
+    """requirements.txt once said torch>=2.1 while train.py called torch.amp.GradScaler(device), new in 2.3."""
+    with open(os.path.join(REPO, 'requirements.txt')) as f:
+        bound = next(tuple(int(x) for x in line.split('>=')[1].split()[0].split('.')[:2])
+                     for line in f if line.startswith('torch>='))
+    code = ''
+    for name in sorted(os.listdir(REPO)):
+        if name.endswith('.py') and not name.startswith('test_'):
+            with open(os.path.join(REPO, name)) as f:
+                code += f.read()
+    used = {api: since for api, since in TORCH_API_SINCE.items() if api in code}
+    assert 'torch.amp.GradScaler(' in used and 'torch.compile(' in used  # the search finds what is there
+    assert {api: since for api, since in used.items() if since > bound} == {}
+    assert bound == max(used.values())  # and the bound is no higher than they need
