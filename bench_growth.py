@@ -23,6 +23,7 @@ $ python bench_growth.py --jobs=2                     # tiny shakespeare, the sh
 $ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=configs/gutenberg_cpu_sizes.yaml \
       --ladder=0.25,0.5,1.0 --ref_iters=12000 --jobs=2 --report=docs/growth_vs_envelope
 $ python bench_growth.py ... --lr_sweep=0.5,1,2       # each size at its table lr times each factor, one budget
+$ python bench_growth.py ... --ladder_only            # the sizes' table alone; a later run with --reuse keeps it
 
 Writes REPORT.md and REPORT.png (default docs/growth_vs_static); the run folders go to --out_dir.
 Its last line is speedup_envelope_median=.. speedup_same_size_median=.. budget_ratio_median=..
@@ -177,7 +178,9 @@ def run_identity(config_file, args):
 def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
     """One train.py run, its log in out_dir/train.log; with parent_dir, resumed from that run's
     final checkpoint (its events.jsonl continued). With --reuse a finished run is read back instead
-    of run again, if it would train the same way (run_identity, its parent's included)."""
+    of run again, if it would train the same way: run_identity, and its parent's, unless it only
+    continues its parent further (the same settings but max_iters: resume is exact, so a stable
+    phase is the same run however it was cut into segments)."""
     args = [*args, '--init_from=resume'] if parent_dir else args
     log = os.path.join(out_dir, 'train.log')
     command = [sys.executable, 'train.py', config_file, f'--out_dir={out_dir}', *args]
@@ -185,7 +188,12 @@ def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
     identity = run_identity(config_file, args)
     if parent_dir:
         with open(os.path.join(parent_dir, 'identity.json')) as f:
-            identity['parent'] = json.load(f)
+            parent = json.load(f)
+
+        def settings(i):
+            return {k: v for k, v in i.items() if k not in ('max_iters', 'init_from', 'parent')}
+        if settings(parent) != settings(identity):
+            identity['parent'] = parent
     if reuse and os.path.isfile(stamp) and json.load(open(stamp)) == identity \
             and open(log).read().endswith('RUN FINISHED\n'):
         return read_events(out_dir)
@@ -288,6 +296,8 @@ def main():
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         help="a train.py override for every run, e.g. --set eval_iters=10 (repeatable)")
     parser.add_argument('--reuse', action='store_true', help="keep runs that already finished in out_dir")
+    parser.add_argument('--ladder_only', action='store_true',
+                        help="every size at the ladder budgets only (no growth run): print the table and stop")
     args = parser.parse_args()
     overrides = [f'--{kv}' for kv in args.set]
     seeds = [int(s) for s in args.seeds.split(',')]
@@ -309,13 +319,14 @@ def main():
         return
 
     # phase 1: the growth runs; phase 2: every size at every ladder budget and at each growth budget
-    growth = run_all({f"growth-{growth_name}-seed{seed}": (
+    growth = {} if args.ladder_only else run_all({f"growth-{growth_name}-seed{seed}": (
         [f'--seed={seed}', *overrides, f'--scaling_schedule_file={schedule}'], None) for seed in seeds}, args)
     runs, static = {}, {}  # static: (size, budget label, seed) -> the names of its runs, one per family
     for seed in seeds:
         common = [f'--seed={seed}', *overrides]
-        budgets = {**{f"x{b:g}": b * f_ref for b in ladder},
-                   f"matched-{growth_name}": final_flops(growth[f"growth-{growth_name}-seed{seed}"])}
+        budgets = {f"x{b:g}": b * f_ref for b in ladder}
+        if not args.ladder_only:
+            budgets[f"matched-{growth_name}"] = final_flops(growth[f"growth-{growth_name}-seed{seed}"])
         for size in sizes:
             for family in families:
                 prefix = f"static-{size['name']}-{family}"
@@ -330,6 +341,9 @@ def main():
                 for label in budgets:
                     static.setdefault((size['name'], label, seed), []).append(names[label])
     results = {**growth, **run_all(runs, args)}
+    if args.ladder_only:
+        print('\n'.join(size_table(results, static, sizes, seeds, [f"x{b:g}" for b in ladder])))
+        return
     report(args, results, static, sizes, same, seeds, ladder, growth_name, f_ref, overrides, families)
 
 
@@ -370,15 +384,7 @@ def report(args, results, static, sizes, same, seeds, ladder, growth_name, f_ref
         lines.append(f"| {r['seed']} | {r['budget']:.3f} | {r['growth']:.4f} | {r['same']:.4f} | {r['envelope']:.4f} "
                      f"({r['envelope_size']}) | {r['speedup_envelope']:.2f}{extrapolated(r['envelope_extrapolated'])} | "
                      f"{r['speedup_same']:.2f}{extrapolated(r['same_extrapolated'])} |")
-    lines += ['', "each static size's final val at each budget (bold: the envelope there):", '',
-              "| seed | size | " + ' | '.join(f"{b:g} x F_ref" for b in ladder) + " | growth budget |",
-              "|---|---|" + '---|' * len(labels)]
-    for seed in seeds:
-        lowest = {label: min(final_val(best(s['name'], label, seed)) for s in sizes) for label in labels}
-        for s in sizes:
-            cells = [final_val(best(s['name'], label, seed)) for label in labels]
-            lines.append(f"| {seed} | {s['name']} | " + ' | '.join(
-                f"**{v:.4f}**" if v == lowest[label] else f"{v:.4f}" for v, label in zip(cells, labels)) + " |")
+    lines += ['', *size_table(results, static, sizes, seeds, labels)]
 
     median = statistics.median
     summary = (f"speedup_envelope_median={median(r['speedup_envelope'] for r in rows):.3f} "
@@ -395,6 +401,23 @@ def report(args, results, static, sizes, same, seeds, ladder, growth_name, f_ref
     print('\n'.join(lines))
     print(f"wrote {args.report}.md and {args.report}.png")
     print(summary)
+
+
+def size_table(results, static, sizes, seeds, labels):
+    """Each static size's final val at each budget (labels: 'x0.5'.. and the growth budget), the
+    envelope there in bold: markdown lines."""
+    heads = [f"{label[1:]} x F_ref" if label.startswith('x') else 'growth budget' for label in labels]
+    lines = ["each static size's final val at each budget (bold: the envelope there):", '',
+             "| seed | size | " + ' | '.join(heads) + " |", "|---|---|" + '---|' * len(labels)]
+    for seed in seeds:
+        vals = {(s['name'], label): final_val(best_of(results, static[(s['name'], label, seed)])[1])
+                for s in sizes for label in labels}
+        lowest = {label: min(vals[s['name'], label] for s in sizes) for label in labels}
+        for s in sizes:
+            lines.append(f"| {seed} | {s['name']} | " + ' | '.join(
+                f"**{vals[s['name'], label]:.4f}**" if vals[s['name'], label] == lowest[label]
+                else f"{vals[s['name'], label]:.4f}" for label in labels) + " |")
+    return lines
 
 
 def lr_sweep(args, sizes, setting, overrides, seed, iters_at, f_ref):

@@ -103,7 +103,7 @@ def tiny_bench(tmp_path, sizes_rows, extra=()):
     sizes.write_text(sizes_rows)
     sets = [arg for kv in TINY_SETTING for arg in ('--set', kv.format(data=data))]
     return ['bench_growth.py', '--config=config/train_shakespeare_char_cpu_growth.py', f'--schedule={schedule}',
-            f'--sizes={sizes}', '--seeds=1', '--ladder=0.5,1.0', '--ref_iters=40', f'--out_dir={out}',
+            f'--sizes={sizes}', '--seeds=1', '--ladder=0.5,1.5', '--ref_iters=40', f'--out_dir={out}',
             f'--report={report}', *sets, *extra], out, report
 
 
@@ -112,7 +112,17 @@ SIZES = "- {name: small, n_layer: 1, n_hidden: 32, learning_rate: 0.003}\n- {n_l
 
 def test_bench_growth_tiny(tmp_path):
     command, out, report = tiny_bench(tmp_path, SIZES, ['--jobs=2'])
-    stdout = run(command)
+    # the sizes alone first; the full benchmark then keeps them and runs only what the growth budget adds
+    ladder_table = run(command + ['--ladder_only']).strip().splitlines()
+    assert ladder_table[-4] == "| seed | size | 0.5 x F_ref | 1.5 x F_ref |"
+    ladder_dirs = set(os.listdir(out))
+    stdout = run(command + ['--reuse'])
+    ran = {re.search(r'--out_dir=\S*/(\S+)', line).group(1) for line in stdout.splitlines() if 'train.py' in line}
+    added = set(os.listdir(out)) - ladder_dirs
+    assert ran == added and {'growth-grow-seed1', 'static-small-wsd-seed1-matched-grow',
+                             'static-2x32-mlp64-wsd-seed1-matched-grow'} <= added
+    assert all('-stable' in name for name in added - {'growth-grow-seed1', 'static-small-wsd-seed1-matched-grow',
+                                                         'static-2x32-mlp64-wsd-seed1-matched-grow'})
 
     growth = evals_of(out / 'growth-grow-seed1')
     assert [e['iter'] for e in growth] == [0, 20, 40, 60]
@@ -120,7 +130,7 @@ def test_bench_growth_tiny(tmp_path):
     sizes = {'small': dict(n_layer=1, n_hidden=32, lr=0.003), '2x32-mlp64': dict(n_layer=2, n_hidden=64, lr=0.001)}
     final, per_iter = {}, {}
     for name, size in sizes.items():
-        for label in ('x0.5', 'x1', 'matched-grow'):
+        for label in ('x0.5', 'x1.5', 'matched-grow'):
             evals = evals_of(out / f'static-{name}-wsd-seed1-{label}')
             # each size with its own lr, its own complete wsd schedule, resumed from its stable phase
             assert {(e['n_layer'], e['n_hidden']) for e in evals} == {(size['n_layer'], size['n_hidden'])}
@@ -129,7 +139,7 @@ def test_bench_growth_tiny(tmp_path):
             per_iter[name] = evals[-1]['flops'] / evals[-1]['iter']
     f_ref = 40 * per_iter['2x32-mlp64']
     assert final['2x32-mlp64', 'x0.5'][0] == pytest.approx(f_ref / 2)
-    assert abs(final['small', 'x1'][0] - f_ref) <= per_iter['small'] / 2
+    assert abs(final['small', 'x1.5'][0] - 1.5 * f_ref) <= per_iter['small'] / 2
     for name in sizes:  # every size at the growth run's budget, to the nearest iter
         assert abs(final[name, 'matched-grow'][0] - growth[-1]['flops']) <= per_iter[name] / 2
 
@@ -151,7 +161,7 @@ def test_bench_growth_tiny(tmp_path):
     assert cells[6] == f"{same_flops / budget:.2f}" + (' (extrapolated)' if same_extrapolated else '')
     size_row = next(line for line in table.splitlines() if line.startswith('| 1 | small |'))
     assert [c.strip().strip('*') for c in size_row.strip('|').split('|')][2:] == [
-        f"{final['small', label][1]:.4f}" for label in ('x0.5', 'x1', 'matched-grow')]
+        f"{final['small', label][1]:.4f}" for label in ('x0.5', 'x1.5', 'matched-grow')]
     env_wins = int(growth_val < envelope_val)
     same_wins = int(growth_val < final['2x32-mlp64', 'matched-grow'][1])
     assert stdout.strip().splitlines()[-1] == (
@@ -169,7 +179,7 @@ def test_bench_growth_tiny(tmp_path):
             for line in rerun.splitlines() if 'train.py' in line} == {'small'}
 
     picture = tmp_path / 'two_runs.png'
-    stdout = run(['plot_run.py', str(out / 'growth-grow-seed1'), str(out / 'static-small-wsd-seed1-x1'),
+    stdout = run(['plot_run.py', str(out / 'growth-grow-seed1'), str(out / 'static-small-wsd-seed1-x1.5'),
                   f'--out={picture}'])
     assert stdout.strip() == f"wrote {picture}"
     assert os.path.getsize(picture) > 10_000
