@@ -208,10 +208,7 @@ def run_dry(argv):
     return code, out.getvalue(), err.getvalue()
 
 
-SCHEDULE_CASES = {'accepted': 0, 'refused': 0}
-
-
-@budget(400)
+@budget(250)
 @given(schedule_files(), st.sampled_from([0, 2]), st.sampled_from([0, 2]))
 def test_fuzz_schedule_file_is_accepted_whole_or_refused_in_one_line(data_dir, restore_train, tmp_path, document,
                                                                      attn_lora_rank, embedding_lora_rank):
@@ -227,12 +224,10 @@ def test_fuzz_schedule_file_is_accepted_whole_or_refused_in_one_line(data_dir, r
     code, stdout, stderr = run_dry([f'--{k}={v}' for k, v in tiny.items()])
     assert not os.path.exists(out_dir)
     if code == 0:
-        SCHEDULE_CASES['accepted'] += 1
         event('accepted')
         n_entries = len(train.load_schedule_file(path))
         assert stderr == '' and f"plan: {n_entries} operations" in stdout
         return
-    SCHEDULE_CASES['refused'] += 1
     assert code == 2 and stderr.endswith('\n') and stderr.count('\n') == 1, stderr
     match = re.match(re.escape(f"error: {path}") + WHERE + ': ', stderr)
     assert match, stderr
@@ -250,15 +245,17 @@ SETTINGS = ['peak_lr', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters'
 
 @st.composite
 def runs(draw):
-    """A tiny model's config and a schedule of 1-5 operations (valid or not: the test keeps the valid prefix)."""
+    """A tiny model's config and a schedule of 1-6 operations, growth ops drawn more often (valid or not:
+    the test keeps the valid prefix)."""
     config = dict(n_layer=draw(st.integers(min_value=1, max_value=2)), n_head=draw(st.sampled_from([1, 2])),
                   bias=draw(st.booleans()), activation=draw(st.sampled_from(['gelu', 'gelu_tanh'])),
-                  attn_lora_rank=draw(st.sampled_from([0, 0, 2])), embedding_lora_rank=draw(st.sampled_from([0, 0, 2])),
+                  attn_lora_rank=draw(st.sampled_from([0, 2])), embedding_lora_rank=draw(st.sampled_from([0, 2])),
                   lora_alpha=draw(st.sampled_from([1.0, 4.0])), lr_schedule=draw(st.sampled_from(['cosine', 'wsd'])),
                   growth_optimizer_state=draw(st.sampled_from(['carry', 'carry', 'reset'])),
                   growth_lr_rewarm_iters=draw(st.sampled_from([0, 3])), grad_clip=draw(st.sampled_from([0.0, 1.0])),
                   gradient_accumulation_steps=draw(st.integers(min_value=1, max_value=2)))
-    names = draw(st.lists(st.sampled_from(sorted(OP_VALUES)), min_size=1, max_size=5))
+    growth = sorted(name for name, op in train.OPERATIONS.items() if op.grows)
+    names = draw(st.lists(st.sampled_from(sorted(OP_VALUES)) | st.sampled_from(growth), min_size=1, max_size=6))
     schedule = [dict(name=name, value=draw(OP_VALUES[name]), trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
                 for name in names]
     return config, schedule, [draw(st.integers(min_value=0, max_value=2)) for _ in names]
@@ -353,14 +350,9 @@ def assert_round_trip(config, out_dir):
     assert_equal_states(moments_by_name()[0], live_moments)
 
 
-OP_CASES = {'examples': 0, 'ops': 0, 'growth_ops': 0}
-
-
-@budget(25)
-@given(runs())
-def test_fuzz_op_sequences_keep_optimizer_plan_function_and_checkpoint(data_dir, restore_train, tmp_path, run):
-    settings, schedule, steps_before = run
-    out_dir = tempfile.mkdtemp(dir=tmp_path)
+def apply_for_real(settings, schedule, steps_before, data_dir, out_dir):
+    """Build the tiny model of settings, keep the valid prefix of the schedule and apply it between
+    training steps as main() does, checking every property after every op. Returns the entries applied."""
     base = dict(device='cpu', compile=False, dtype='float32', n_embd=16, head_size=0, n_hidden=0, block_size=16,
                 batch_size=2, eval_iters=1, eval_interval=10, learning_rate=1e-3, min_lr=1e-4, warmup_iters=2,
                 lr_decay_iters=40, cooldown_iters=0, decay_lr=True, dropout=0.0, weight_decay=0.1, seed=1337,
@@ -398,11 +390,42 @@ def test_fuzz_op_sequences_keep_optimizer_plan_function_and_checkpoint(data_dir,
             training_step()
             assert_optimizer_fits_the_model()
             assert_round_trip(config, out_dir)
-            OP_CASES['ops'] += 1
-            OP_CASES['growth_ops'] += operation.grows
-            event(entry['name'])
-    OP_CASES['examples'] += 1
-    event(f"{len(schedule)} ops")
+    return schedule
+
+
+@budget(20)
+@given(runs())
+def test_fuzz_op_sequences_keep_optimizer_plan_function_and_checkpoint(data_dir, restore_train, tmp_path, run):
+    settings, schedule, steps_before = run
+    applied = apply_for_real(settings, schedule, steps_before, data_dir, tempfile.mkdtemp(dir=tmp_path))
+    event(f"{len(applied)} ops")
+    for entry in applied:
+        event(entry['name'])
+
+
+ALONE = {  # a value for each operation, on a model with LoRA on for the LoRA ops and off for the rest
+    'change_lr': 0.5, 'set_lr': 3e-3, 'change_batch_size': 2.0, 'set_batch_size': 3, 'change_grad_accum': 2.0,
+    'set_grad_accum': 3, 'change_warmup_iters': 2.0, 'set_warmup_iters': 7, 'change_eval_iters': 2.0,
+    'set_eval_iters': 3, 'change_eval_interval': 0.5, 'set_eval_interval': 4, 'reset_lr_schedule': None,
+    'stack_layers': [0, 1, 1], 'widen_mlp': 1.5, 'change_attn_lora_rank': 1.5, 'change_embedding_lora_rank': 0,
+    'change_lora_alpha': 2.0, 'merge_lora_weights': None, 'msg_widen_mlp': {'factor': 1.5, 'anneal_iters': 2},
+    'msg_add_heads': {'n_new_heads': 1, 'anneal_iters': 2},
+    'msg_stack_layers': {'layers': [0, 0, 1], 'anneal_iters': 2, 'init': 'random'},
+    'msg_widen_embd': {'factor': 1.5, 'anneal_iters': 2},
+}
+assert sorted(ALONE) == sorted(train.OPERATIONS)
+
+
+@pytest.mark.parametrize('name', sorted(ALONE))
+def test_every_operation_applied_for_real(data_dir, restore_train, tmp_path, name):
+    """The op-sequence properties for each operation at least once in CI, twice in a row (after a ramp)."""
+    lora = 2 if 'lora' in name else 0
+    settings = dict(n_layer=2, n_head=2, bias=True, activation='gelu', attn_lora_rank=lora, embedding_lora_rank=lora,
+                    lora_alpha=1.0, lr_schedule='wsd', growth_optimizer_state='carry', growth_lr_rewarm_iters=0,
+                    grad_clip=1.0, gradient_accumulation_steps=2)
+    entry = dict(name=name, value=ALONE[name], trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
+    second = dict(entry, name='widen_mlp', value=1.25)
+    assert apply_for_real(settings, [entry, second], [2, 1], data_dir, str(tmp_path)) == [entry, second]
 
 
 # -----------------------------------------------------------------------------
@@ -441,10 +464,7 @@ def overrides(draw):
     return f"--{key}{draw(st.sampled_from(['='] * 8 + ['', ' ']))}{text}"
 
 
-CONFIG_CASES = {'accepted': 0, 'refused': 0}
-
-
-@budget(500)
+@budget(300)
 @given(overrides())
 def test_fuzz_config_override_is_typed_or_refused_in_one_line_naming_the_key(arg):
     defaults = dict(train.config_defaults)
@@ -452,14 +472,12 @@ def test_fuzz_config_override_is_typed_or_refused_in_one_line_naming_the_key(arg
     try:
         config = configure([arg], defaults, verbose=False)
     except ConfigError as e:
-        CONFIG_CASES['refused'] += 1
         message = str(e)
         assert '\n' not in message, message
         assert message.startswith("command line: ")
         assert (repr(key) in message or f"--{key}=" in message) if eq and key else "expected --key=value" in message
         event('refused')
         return
-    CONFIG_CASES['accepted'] += 1
     event(f'accepted {type(defaults[key]).__name__}')
     assert key in defaults and type(config[key]) is type(defaults[key])
     assert {k: v for k, v in config.items() if k != key} == {k: v for k, v in defaults.items() if k != key}
@@ -505,3 +523,13 @@ def test_found_by_fuzzing_refused_in_one_line(data_dir, restore_train, tmp_path,
     code, stdout, stderr = run_dry([f'--{k}={v}' for k, v in tiny.items()])
     assert (code, stderr) == (2, f"error: {path}: {expected}\n")
     assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('arg, expected', [
+    ('--batch_size=a\nb', "command line: '--batch_size=a\\nb' is a str, expected an int"),
+    ('--compile=\n', "command line: '--compile=\\n' is a str, expected a bool"),
+])
+def test_found_by_fuzzing_override_with_a_newline_in_one_line(arg, expected):
+    with pytest.raises(ConfigError) as info:
+        configure([arg], dict(train.config_defaults), verbose=False)
+    assert str(info.value) == expected
