@@ -7,10 +7,10 @@ events.jsonl (all but the wall time).
 
 - SIGKILL: chains of 1-3 kills, each resumed (--init_from=resume, or from scratch when no checkpoint
   was written yet), until --kills kills have landed. A kill waits for one of three moments, drawn at
-  random: the log line of a random iteration (then a random 0-10 ms), a "saving checkpoint" line
-  (then 0-3 ms: during torch.save), or a "SCALING OPERATION TRIGGERED" line (then 0-3 ms: during the
-  growth op). Where it landed is read from what it left: a ckpt.pt.tmp (killed mid-write), an op
-  block without its COMPLETE line (killed mid-op).
+  random: the log line of a random iteration (then a random 0-10 ms), one of the next 4 "saving
+  checkpoint" lines (then 0-2 ms: during torch.save), or one of the next 3 "SCALING OPERATION
+  TRIGGERED" lines (then 0-2 ms: during the op). Where it landed is read from what it left: a
+  ckpt.pt.tmp written by that run (killed mid-write), an op block without its COMPLETE line (mid-op).
 - SIGTERM under torchrun --nproc_per_node=2 (gloo), after a random iteration, to rank 0, rank 1 or
   both (drawn): every rank must save once (one "stop requested" line, one checkpoint with both ranks'
   RNG) and exit 0 (torchrun's exit code 0 says all workers did), and the resume must end as the
@@ -73,14 +73,15 @@ def run_to_end(cmd):
     return process.returncode, output
 
 
-def run_until(cmd, wanted, delay, send):
-    """Start cmd, call send(process) delay seconds after the first output line that starts with
-    wanted; returns (exit code, output, whether it was sent)."""
+def run_until(cmd, wanted, delay, send, occurrence=1):
+    """Start cmd, call send(process) delay seconds after the occurrence-th output line that starts
+    with wanted; returns (exit code, output, whether it was sent)."""
     process = start(cmd)
     seen, sent = [], False
     for line in process.stdout:
         seen.append(line)
-        if not sent and line.startswith(wanted):
+        occurrence -= line.startswith(wanted)
+        if not sent and occurrence == 0:
             time.sleep(delay)
             send(process)
             sent = True
@@ -151,15 +152,16 @@ def sigkill_chain(rng, out, schedule_file, n_kills, tally):
     """Kill a run n_kills times at random moments, resuming after each, then resume to the end."""
     for _ in range(n_kills):
         resume = os.path.isfile(os.path.join(out, 'ckpt.pt'))
-        moment = rng.choice(['iter', 'save', 'op'])
+        moment, occurrence = rng.choice(['iter', 'save', 'op']), 1
         if moment == 'iter':
             wanted, delay = f"iter {rng.randrange(MAX_ITERS)}:", rng.uniform(0, 0.010)
-        elif moment == 'save':
-            wanted, delay = 'saving checkpoint', rng.uniform(0, 0.003)
-        else:
-            wanted, delay = '=== SCALING OPERATION TRIGGERED ===', rng.uniform(0, 0.003)
+        elif moment == 'save':  # one of the next 4 checkpoints
+            wanted, delay, occurrence = 'saving checkpoint', rng.uniform(0, 0.002), rng.randint(1, 4)
+        else:  # one of the next 3 ops
+            wanted, delay, occurrence = '=== SCALING OPERATION TRIGGERED ===', rng.uniform(0, 0.002), rng.randint(1, 3)
         launched = time.time()
-        code, output, sent = run_until(command(out, schedule_file, resume=resume), wanted, delay, kill_group)
+        code, output, sent = run_until(command(out, schedule_file, resume=resume), wanted, delay, kill_group,
+                                       occurrence)
         if not sent or code != -signal.SIGKILL:  # the moment never came (the run had passed it): no kill
             tally['missed'] += 1
             continue
@@ -233,8 +235,9 @@ def main():
         mismatches = ['exit'] if code != 0 else compare(out, reference)
         if mismatches or len(stops) != 1:
             term['mismatched runs'] += 1
-            print(f"sigterm {i} (ranks {ranks} after iter {after}): MISMATCH {mismatches[:5]} stops {stops}\n{output[-2000:]}")
-    print(f"SIGTERM under torchrun: " + ', '.join(f"{k} {v}" for k, v in term.items()))
+            print(f"sigterm {i} (ranks {ranks} after iter {after}): MISMATCH {mismatches[:5]} stops {stops}")
+            print(output[-2000:])
+    print("SIGTERM under torchrun: " + ', '.join(f"{k} {v}" for k, v in term.items()))
     print(f"{time.time() - started:.0f} s in all")
     ok = tally['mismatched runs'] == tally['tracebacks'] == tally['failed resumes'] == term['mismatched runs'] == 0 \
         and term['clean exits'] == term['single saves'] == term['resumes'] == args.sigterms

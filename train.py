@@ -1511,7 +1511,8 @@ def main():
             wrap_model()
 
         on_eval_grid = iter_num == progress['next_eval_iter']
-        if on_eval_grid or iter_num == max_iters:
+        # a run resumed from its last checkpoint (iter max_iters) had its final eval before that checkpoint
+        if on_eval_grid or iter_num == max_iters and local_iter_num > 0:
             losses = evaluate()
             val_loss = losses['val']
             if not math.isfinite(val_loss):
