@@ -82,7 +82,8 @@ def _apply_cli_arg(config: dict, arg: str, verbose: bool) -> None:
         value = text  # not a Python literal: take it as a plain string, e.g. --device=cpu
     if isinstance(config[key], str) and not isinstance(value, str):
         value = text  # a string key takes the text as it is: --out_dir=123 is the folder '123'
-    config[key] = _coerce(value, config[key], f"command line: {arg}")
+    shown = arg if arg.isprintable() else repr(arg)  # a newline in a value must not break the one-line message
+    config[key] = _coerce(value, config[key], f"command line: {shown}")
     if verbose:
         print(f"Overriding: {key} = {config[key]!r}")
 

@@ -254,8 +254,16 @@ def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_finite(value):
+    """A number that is finite as a float (an int like 10**400 is not: a float cannot hold it)."""
+    try:
+        return is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def check_factor(value, minimum=0.0, allow_minimum=False):
-    if not is_number(value) or not math.isfinite(value):
+    if not is_finite(value):
         raise BadValue(f"expected a finite number, got {describe(value)}")
     if value < minimum or (value == minimum and not allow_minimum):
         bound = f">= {minimum}" if allow_minimum else f"> {minimum}"
@@ -641,15 +649,15 @@ def check_entry_shape(path, index, entry):
         if key not in entry:
             raise ScheduleError(path, index, key, f"missing (every entry has {', '.join(ENTRY_KEYS)})")
     name = entry['name']
-    if name not in OPERATIONS:
+    if not isinstance(name, str) or name not in OPERATIONS:  # a list or mapping cannot even be looked up
         close = difflib.get_close_matches(str(name), list(OPERATIONS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ''
         raise ScheduleError(path, index, 'name', f"unknown operation {name!r}{hint}")
     trigger = entry['trigger_loss']
-    if not is_number(trigger) or not math.isfinite(trigger):
+    if not is_finite(trigger):
         raise ScheduleError(path, index, 'trigger_loss', f"expected a finite number, got {describe(trigger)}")
     slope = entry.get('trigger_slope', 0.0)
-    if not is_number(slope) or not math.isfinite(slope):
+    if not is_finite(slope):
         raise ScheduleError(path, index, 'trigger_slope', f"expected a finite number, got {describe(slope)}")
     wait = entry['max_wait_iters']
     if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
@@ -662,8 +670,11 @@ def load_schedule_file(path):
     """Parse a YAML (.yaml/.yml) or JSON file into a list of raw entries; checks the shape only."""
     if not os.path.isfile(path):
         raise ScheduleError(path, None, None, "schedule file not found")
-    with open(path, encoding='utf-8') as f:
-        text = f.read()
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ScheduleError(path, None, None, f"not UTF-8 text (byte {e.start}: {e.reason})") from None
     if not text.strip():
         raise ScheduleError(path, None, None, "the file is empty; expected a list of entries")
     if path.endswith(('.yaml', '.yml')):
@@ -673,12 +684,17 @@ def load_schedule_file(path):
         except yaml.YAMLError as e:
             mark = getattr(e, 'problem_mark', None)
             line = f"line {mark.line + 1}: " if mark is not None else ''
-            raise ScheduleError(path, None, None, f"YAML syntax error, {line}{getattr(e, 'problem', e)}") from None
+            problem = str(getattr(e, 'problem', None) or e).splitlines()[0]  # a reader error's str() has two lines
+            raise ScheduleError(path, None, None, f"YAML syntax error, {line}{problem}") from None
+        except RecursionError:
+            raise ScheduleError(path, None, None, "YAML nested too deeply to parse") from None
     elif path.endswith('.json'):
         try:
             entries = json.loads(text)
         except json.JSONDecodeError as e:
             raise ScheduleError(path, None, None, f"JSON syntax error, line {e.lineno}: {e.msg}") from None
+        except RecursionError:
+            raise ScheduleError(path, None, None, "JSON nested too deeply to parse") from None
     else:
         raise ScheduleError(path, None, None, "expected a .yaml, .yml or .json file")
     if entries is None:
@@ -797,9 +813,12 @@ def validate_schedule(path, entries, first_index, model_config):
                 check_rounds_positive('the gradient accumulation steps', round(grad_accum_total()))
                 check_rounds_positive('eval_iters', settings['eval_iters'])
                 check_rounds_positive('eval_interval', settings['eval_interval'])
+                check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
             except BadValue as e:
                 raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
-            check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
+            except OverflowError:  # 10**400 layers, a batch factor of 1e300: sizes no float holds
+                raise ScheduleError(path, index, 'value', f"{entry['name']}: {describe(entry['value'])} is too "
+                                    "large: the sizes it leads to overflow") from None
             warning = None
             if decay_lr and lr_decay_end() != decay_end and lr_decay_end() > max_iters:
                 warning = (f"{path}: entry {index} ({entry['name']}), fired at iter {iter_of_last_op} (the latest "
@@ -1605,7 +1624,8 @@ def main():
             wrap_model()
 
         on_eval_grid = iter_num == progress['next_eval_iter']
-        if on_eval_grid or iter_num == max_iters:
+        # a run resumed from its last checkpoint (iter max_iters) had its final eval before that checkpoint
+        if on_eval_grid or iter_num == max_iters and local_iter_num > 0:
             losses = evaluate()
             val_loss = losses['val']
             if not math.isfinite(val_loss):

@@ -4,6 +4,7 @@ crash must cost nothing: a run resumed after it logs exactly the events of an un
 (all but the wall time) and ends with the same checkpoint.
 - SIGTERM / SIGINT mid-run: a checkpoint at the current iteration, exit 0, then an exact resume;
 - kill -9 from outside at a (seeded) random iteration, then an exact resume;
+- a resume of a run that had finished (killed after its last checkpoint): nothing is redone;
 - kill -9 at the worst moments, one after the other in the same run (the kill is made by the
   process itself, through a small wrapper around train.py, so that it lands exactly there):
   right after an op fired and before that eval's checkpoint (the op is re-run once, at the same
@@ -210,6 +211,19 @@ def test_kill_9_at_the_worst_moments(setup, tmp_path):
     result = assert_resumes_exactly(setup, out)
     assert 'Operation: ' not in result.stdout  # all ops ran before iter 40, none is redone
     assert ops_in_events(out) == EXPECTED_OPS
+
+
+def test_resume_of_a_finished_run_changes_nothing(setup, tmp_path):
+    """A kill after the last checkpoint (iter max_iters) but before the process exits, then a resume
+    (found by crash_runs.py): the final eval is not run and logged again, its flops not counted twice."""
+    out = tmp_path / 'out'
+    shutil.copytree(setup['reference'], out)
+    before = file_state(out / 'ckpt.pt'), (out / 'events.jsonl').read_bytes()
+    result = run_train(setup['args'](out, init_from='resume'))
+    assert result.returncode == 0, describe_run(result)
+    # the checkpoint is not written again; the event log is rewritten (cut back to iter 70) as it was
+    assert (file_state(out / 'ckpt.pt'), (out / 'events.jsonl').read_bytes()) == before
+    assert 'step 70:' not in result.stdout
 
 
 # -------------------------------------------------------------------------------- non-finite loss
