@@ -20,7 +20,7 @@ its budgets) over C_growth; vs envelope, C_env(L) / C_growth, where C_env is the
 every static (FLOPs, final val) against log FLOPs. Beyond the measured range: "extrapolated".
 
 $ python bench_growth.py --jobs=2                     # tiny shakespeare, the shipped CPU recipe, seeds 1,2,3
-$ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=configs/gutenberg_cpu_sizes.yaml \
+$ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=config/gutenberg_cpu_sizes.yaml \
       --ladder=0.25,0.5,1.0 --ref_iters=12000 --jobs=2 --report=docs/growth_vs_envelope
 $ python bench_growth.py ... --lr_sweep=0.5,1,2       # each size at its table lr times each factor, one budget
 $ python bench_growth.py ... --ladder_only            # the sizes' table alone; a later run with --reuse keeps it

@@ -6,7 +6,7 @@
 #
 # $ python data/gutenberg/prepare.py --input ../shared/data/gutenberg
 # $ python train.py config/train_gutenberg_cpu_growth.py
-# $ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=configs/gutenberg_cpu_sizes.yaml \
+# $ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=config/gutenberg_cpu_sizes.yaml \
 #       --ladder=0.25,0.5,1.0 --ref_iters=12000 --jobs=2 --report=docs/growth_vs_envelope
 
 exec(open('config/train_gutenberg_cpu.py').read())

@@ -229,3 +229,15 @@ def test_default_sizes_are_the_schedules_first_and_final_architectures():
     sizes = bench_growth.read_sizes('', start, final, setting)
     assert [(s['name'], s['arch']['n_layer'], s['lr'], s['min_lr']) for s in sizes] == [
         ('1x128', 1, 1e-3, pytest.approx(1e-4)), ('4x128', 4, 1e-3, pytest.approx(1e-4))]
+
+
+def test_the_shipped_gutenberg_sizes_surround_the_growth_recipes_final_model():
+    """config/gutenberg_cpu_sizes.yaml: a size smaller and one larger than the recipe's final 4 x 64,
+    that one itself, each with its own lr."""
+    final = dict(n_layer=4, n_head=4, head_size=16, n_embd=64, n_hidden=256)
+    start = argparse.Namespace(**dict(final, n_layer=1))
+    sizes = bench_growth.read_sizes(os.path.join(REPO, 'config', 'gutenberg_cpu_sizes.yaml'), start, final,
+                                    dict(learning_rate=2e-3, min_lr=2e-4))
+    layers = [s['arch']['n_layer'] for s in sizes]
+    assert min(layers) < 4 < max(layers) and final in [s['arch'] for s in sizes]
+    assert all(s['min_lr'] == pytest.approx(s['lr'] / 10) for s in sizes)
