@@ -36,6 +36,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests'))
+from helpers import worker_pids  # noqa: E402
+
 REPO = os.path.dirname(os.path.abspath(__file__))
 MAX_ITERS = 60
 SCHEDULE = [  # eval (and checkpoint) every 5 iters; ops by timeout
@@ -91,18 +94,6 @@ def run_until(cmd, wanted, delay, send, occurrence=1):
 
 def kill_group(process):
     os.killpg(process.pid, signal.SIGKILL)
-
-
-def workers(torchrun_pid):
-    """{rank: pid} of the processes torchrun started."""
-    with open(f'/proc/{torchrun_pid}/task/{torchrun_pid}/children') as f:
-        pids = [int(pid) for pid in f.read().split()]
-    ranks = {}
-    for pid in pids:
-        with open(f'/proc/{pid}/environ', 'rb') as f:
-            env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
-        ranks[int(env[b'RANK'])] = pid
-    return ranks
 
 
 def events(out_dir):
@@ -219,7 +210,7 @@ def main():
         after, ranks = rng.randrange(5, MAX_ITERS - 5), rng.choice([(0,), (1,), (0, 1)])
 
         def terminate(process):  # the training processes, as a preemption signals them
-            pids = workers(process.pid)
+            pids = worker_pids(process.pid)
             for rank in ranks:
                 os.kill(pids[rank], signal.SIGTERM)
         code, output, sent = run_until(command(out, schedule_file, ddp=True), f"iter {after}:",

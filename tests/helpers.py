@@ -184,3 +184,15 @@ def skipped_steps(stdout):
     """(iter, how many in a row) of every step skipped for a non-finite loss, as rank 0 logged them."""
     pattern = r'^iter (\d+): non-finite loss or gradient norm, step skipped \((\d+) in a row\)$'
     return [(int(m[0]), int(m[1])) for m in re.findall(pattern, stdout, re.M)]
+
+
+def worker_pids(torchrun_pid):
+    """{rank: pid} of the worker processes torchrun started."""
+    with open(f'/proc/{torchrun_pid}/task/{torchrun_pid}/children') as f:
+        children = [int(pid) for pid in f.read().split()]
+    workers = {}
+    for pid in children:
+        with open(f'/proc/{pid}/environ', 'rb') as f:
+            env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
+        workers[int(env[b'RANK'])] = pid
+    return workers

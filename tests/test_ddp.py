@@ -20,7 +20,7 @@ import torch
 
 import train
 from helpers import (NAN_TRAIN, TORCHRUN, assert_same_state, describe_run, read_events, run_train, skipped_steps,
-                     start_train, train_env, trained_runs, wait_for_line, write_schedule)
+                     start_train, train_env, trained_runs, wait_for_line, worker_pids, write_schedule)
 
 SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval every 10 iters
     ('change_lr', 0.5, 0.0, 10, False),  # iter 10
@@ -140,18 +140,6 @@ def test_position_checksum_in_chunks():
         assert train.position_checksum([a, b], chunk).item() == pytest.approx(whole.item(), rel=1e-12)
     swapped = a[[1, 0, 2, 3, 4]]
     assert train.position_checksum([swapped, b], 4).item() != pytest.approx(whole.item(), rel=1e-12)
-
-
-def worker_pids(torchrun_pid):
-    """{rank: pid} of the worker processes torchrun started."""
-    with open(f'/proc/{torchrun_pid}/task/{torchrun_pid}/children') as f:
-        children = [int(pid) for pid in f.read().split()]
-    workers = {}
-    for pid in children:
-        with open(f'/proc/{pid}/environ', 'rb') as f:
-            env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
-        workers[int(env[b'RANK'])] = pid
-    return workers
 
 
 def test_ddp_rank_killed_then_resumed(setup, tmp_path):
