@@ -366,7 +366,7 @@ def test_valid_schedule_passes(tmp_path, tiny, entries, config, shape):
     plan = check_schedule(write_entries(tmp_path, 'yaml', entries), variant(TINY, **config))
     assert [row['index'] for row in plan] == list(range(len(entries)))
     assert (plan[-1]['n_layer'], plan[-1]['n_hidden'], plan[-1]['n_embd']) == shape
-    assert train.model is None and train.batch_size_multiplier == 1.0  # the walk left nothing behind
+    assert train.model is None and train.orch.batch_size_multiplier == 1.0  # the walk left nothing behind
 
 
 # -----------------------------------------------------------------------------

@@ -52,7 +52,7 @@ sys.path.insert(0, os.getcwd())
 import torch
 import train
 
-train.growth_generator = lambda: torch.Generator().manual_seed(train.seed + train.iter_of_last_op + train.ddp_rank)
+train.growth_generator = lambda: torch.Generator().manual_seed(train.seed + train.orch.iter_of_last_op + train.ddp_rank)
 train.run_from_command_line(sys.argv[1:])
 '''
 

@@ -75,8 +75,9 @@ class HFLoss(torch.nn.Module):
 def eval_losses(model, monkeypatch, data, block_size):
     """train.estimate_loss on the run's fixed eval batches (TINY's batch size and eval iters)."""
     for key, value in dict(data_dir=str(data), block_size=block_size, batch_size=TINY['batch_size'],
-                           eval_iters=TINY['eval_iters'], eval_iters_multiplier=1.0, device='cpu').items():
+                           eval_iters=TINY['eval_iters'], device='cpu').items():
         monkeypatch.setattr(train, key, value)
+    monkeypatch.setattr(train, 'orch', train.Orchestrator())  # multipliers 1
     return train.estimate_loss(model, nullcontext(), 0, False)
 
 

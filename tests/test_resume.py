@@ -196,9 +196,10 @@ def test_grown_checkpoint_rebuilds_the_model(runs, monkeypatch):
     model.load_state_dict(checkpoint['model'])
     assert model.get_num_params() == read_events(runs['full'])[-1]['params'] - 2 * 2 * 32 * (480 - 384)
     model.set_growth_mask(0.5)  # (60 - 40) / 40
-    for key, value in dict(data_dir=str(runs['data']), block_size=32, batch_size=4, eval_iters=2, device='cpu',
-                           eval_iters_multiplier=1.0).items():
+    for key, value in dict(data_dir=str(runs['data']), block_size=32, batch_size=4, eval_iters=2,
+                           device='cpu').items():
         monkeypatch.setattr(train, key, value)
+    monkeypatch.setattr(train, 'orch', train.Orchestrator())  # multipliers 1
     losses = train.estimate_loss(model, nullcontext(), 0, False)
     logged = [e for e in read_events(runs['full']) if e['event'] == 'eval' and e['iter'] == 60][0]
     assert losses['val'] == pytest.approx(logged['val_loss'], abs=1e-6)
