@@ -379,97 +379,66 @@ class Operation:
     keeps_function: bool = True  # False: the model computes another function after it (its val loss changes)
 
 
-# hyperparameter operations: each one writes its multiplier (the orchestrator state at the top)
-
-def change_lr(value):
-    orch.lr_multiplier *= value
-
-
-def set_lr(value):
-    orch.set_values['lr'] = [value, min_lr * value / learning_rate]  # min_lr keeps its ratio to the config's lr
-    orch.lr_multiplier = 1.0
-
-
-def change_batch_size(value):
-    orch.batch_size_multiplier *= value
-
-
-def set_batch_size(value):
-    orch.set_values['batch_size'] = value
-    orch.batch_size_multiplier = 1.0
-
-
-def change_grad_accum(value):
-    orch.grad_accum_multiplier *= value
-
-
-def set_grad_accum(value):
-    orch.set_values['grad_accum'] = value
-    orch.grad_accum_multiplier = 1.0
-
-
-def change_warmup_iters(value):
-    orch.warmup_iters_multiplier *= value
-
-
-def set_warmup_iters(value):
-    """warmup_iters = value; lr_decay_iters and the cooldown scaled by the same factor from the config's."""
-    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
-    orch.set_values['warmup_iters'] = [value, lr_decay_iters * value / warmup_iters, cooldown * value / warmup_iters]
-    orch.warmup_iters_multiplier = 1.0
-
-
-def change_eval_iters(value):
-    orch.eval_iters_multiplier *= value
-
-
-def set_eval_iters(value):
-    orch.set_values['eval_iters'] = value
-    orch.eval_iters_multiplier = 1.0
-
-
-def change_eval_interval(value):
-    orch.eval_interval_multiplier *= value
-
-
-def set_eval_interval(value):
-    orch.set_values['eval_interval'] = value
-    orch.eval_interval_multiplier = 1.0
-
-
 def check_change(value, _config):
     check_factor(value)
 
 
-def check_set(absolute_check, label, base_key):
-    """The check of set_<label>: the value, and a config value base_key that it can be divided by
-    (set_lr keeps min_lr's ratio to learning_rate, set_warmup_iters lr_decay_iters' to warmup_iters)."""
-    def check(value, _config):
-        absolute_check(value)
-        if globals()[base_key] == 0:
-            raise BadValue(f"cannot set {label}: the config's {base_key} is 0")
-    return check
-
-
-def check_count(value, _config):
+def check_count(value):
     check_int(value, 1)
 
 
-OPERATIONS = {
-    'change_lr': Operation(check_change, change_lr),
-    'set_lr': Operation(check_set(check_factor, 'lr', 'learning_rate'), set_lr),
-    'change_batch_size': Operation(check_change, change_batch_size),
-    'set_batch_size': Operation(check_count, set_batch_size),
-    'change_grad_accum': Operation(check_change, change_grad_accum),
-    'set_grad_accum': Operation(check_count, set_grad_accum),
-    'change_warmup_iters': Operation(check_change, change_warmup_iters),
-    'set_warmup_iters': Operation(check_set(lambda value: check_int(value, 1), 'warmup_iters', 'warmup_iters'),
-                                  set_warmup_iters),
-    'change_eval_iters': Operation(check_change, change_eval_iters),
-    'set_eval_iters': Operation(check_count, set_eval_iters),
-    'change_eval_interval': Operation(check_change, change_eval_interval),
-    'set_eval_interval': Operation(check_count, set_eval_interval),
-}
+def set_warmup_values(value):
+    """set_warmup_iters: warmup_iters = value; lr_decay_iters and the cooldown scaled by the same factor
+    from the config's."""
+    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
+    return [value, lr_decay_iters * value / warmup_iters, cooldown * value / warmup_iters]
+
+
+# hyperparameter operations, one row each: change_<setting> multiplies orch.<setting>_multiplier by its
+# value; set_<setting> stores an absolute value in orch.set_values[setting] and resets the multiplier to 1.
+# columns: the setting, the check of set_'s value, what set_ stores (None: the value itself), and the
+# config value that set_'s value is divided by (None: none), which must not be 0
+HYPERPARAMETER_OPS = [
+    ('lr', check_factor, lambda value: [value, min_lr * value / learning_rate], 'learning_rate'),  # min_lr: same ratio
+    ('batch_size', check_count, None, None),
+    ('grad_accum', check_count, None, None),
+    ('warmup_iters', check_count, set_warmup_values, 'warmup_iters'),
+    ('eval_iters', check_count, None, None),
+    ('eval_interval', check_count, None, None),
+]
+
+
+def check_set(absolute_check, setting, base_key):
+    def check(value, _config):
+        absolute_check(value)
+        if base_key is not None and globals()[base_key] == 0:
+            raise BadValue(f"cannot set {setting}: the config's {base_key} is 0")
+    return check
+
+
+def change_op(setting):
+    def apply(value):
+        multiplier = f'{setting}_multiplier'
+        setattr(orch, multiplier, getattr(orch, multiplier) * value)
+    return apply
+
+
+def set_op(setting, stored):
+    def apply(value):
+        orch.set_values[setting] = stored(value) if stored is not None else value
+        setattr(orch, f'{setting}_multiplier', 1.0)
+    return apply
+
+
+def hyperparameter_operations():
+    operations = {}
+    for setting, absolute_check, stored, base_key in HYPERPARAMETER_OPS:
+        operations[f'change_{setting}'] = Operation(check_change, change_op(setting))
+        operations[f'set_{setting}'] = Operation(check_set(absolute_check, setting, base_key), set_op(setting, stored))
+    return operations
+
+
+OPERATIONS = hyperparameter_operations()
 
 
 def reset_lr_schedule(_value):
