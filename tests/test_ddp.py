@@ -22,6 +22,8 @@ import train
 from helpers import (NAN_TRAIN, TORCHRUN, assert_same_state, describe_run, read_events, run_train, skipped_steps,
                      start_train, train_env, trained_runs, wait_for_line, write_schedule)
 
+pytestmark = pytest.mark.slow  # every test here runs train.py or another script as a subprocess
+
 SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval every 10 iters
     ('change_lr', 0.5, 0.0, 10, False),  # iter 10
     ('stack_layers', 2, 0.0, 10, True),  # iter 20

@@ -668,6 +668,7 @@ def test_checkpoint_round_trip_after_growth(case):
 
 # ------------------------------------------------------------------ 8. end to end through train.py
 
+@pytest.mark.slow
 def test_train_run_with_growth_schedule(tmp_path):
     vocab = write_char_data(tmp_path / 'data')
     schedule = [
@@ -753,6 +754,7 @@ def best_match_cosine(fc_weight, n_old):
     return (new @ old.T).max(1).values.mean().item()
 
 
+@pytest.mark.slow
 def test_widen_noise_in_a_real_run_makes_replicas_learn_apart(tmp_path):
     write_char_data(tmp_path / 'data')
     cosines, ops = {}, {}

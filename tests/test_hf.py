@@ -252,6 +252,7 @@ def test_missing_transformers_is_one_message(hf_run, monkeypatch, hf_folder, tmp
     assert refused(export_hf.export, str(tmp_path), str(tmp_path / 'hf')) == missing  # before anything else
 
 
+@pytest.mark.slow
 def test_train_from_import_and_stack(tmp_path, monkeypatch, data, hf_folder):
     """train.py --init_from=FOLDER: the first eval is transformers' own loss on the eval batches; stack_layers
     at iter 10 logs the val loss of the stacked model (the checkpoint's, re-evaluated here); the run
@@ -297,6 +298,7 @@ EXPORT_RUNS = {
 
 
 @pytest.mark.parametrize('case', list(EXPORT_RUNS))
+@pytest.mark.slow
 def test_export_matches_our_logits(tmp_path, data, case):
     settings, entries, (n_layer, n_hidden, n_inner, activation) = EXPORT_RUNS[case]
     out = tmp_path / 'out'
@@ -329,6 +331,7 @@ def test_export_matches_our_logits(tmp_path, data, case):
         assert max_diff(our_logits(bare, idx), our_logits(model, idx)) > 10 * TOLERANCE
 
 
+@pytest.mark.slow
 def test_export_refusals(tmp_path, data):
     """A mask ramp still rising, then (ramp folded) heads added by msg_add_heads: refused, nothing written."""
     heads = {'n_new_heads': 1, 'anneal_iters': 100}
@@ -359,6 +362,7 @@ def test_export_refusals(tmp_path, data):
     assert not os.path.exists(tmp_path / 'hf')
 
 
+@pytest.mark.slow
 def test_round_trip_and_tokenizer(tmp_path, data):
     """import -> train.py (lr 0: the weights stay) -> export_hf.py -> import: the same weights, bit for bit.
     The run's data is tagged GPT-2 BPE and its source folder holds tokenizer files: they are exported."""

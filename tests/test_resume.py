@@ -24,6 +24,8 @@ from helpers import (assert_same_state, describe_run, entry, file_state, read_ev
                      without_elapsed, write_schedule)
 from model import GPT, GPTConfig
 
+pytestmark = pytest.mark.slow  # every test here runs train.py or another script as a subprocess
+
 N = 120
 SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval every 10 iters
     ('change_lr', 0.5, 10.0, 0, False),  # iter 0, by loss

@@ -17,6 +17,8 @@ import train
 from helpers import REPO, SHAKESPEARE, read_events, run_train, train_args, train_env, write_char_data, write_schedule
 from test_prepare import gpt2_cached
 
+pytestmark = pytest.mark.slow  # every test here runs train.py or another script as a subprocess
+
 # stack to 2 layers and widen the MLP 128 -> 256 at iter 10, MSG-widen it to 384 at iter 20 (mask 0.1 at 30)
 GROWTH = [('stack_layers', 2, 0.0, 10, False),
           ('widen_mlp', 2.0, 0.0, 0, False),
