@@ -32,6 +32,10 @@ LN_EPS = 1e-5
 INIT_STD = 0.02
 # the mlp's GELU: 'gelu' exact (this repository's models), 'gelu_tanh' the tanh approximation (GPT-2's)
 ACTIVATIONS = ('gelu', 'gelu_tanh')
+# the shape growth changes and the adapters LoRA ops change, by the names that logs, the dry-run plan,
+# events and benchmarks use
+ARCH_KEYS = ('n_layer', 'n_head', 'head_size', 'n_embd', 'n_hidden')
+LORA_KEYS = ('attn_lora_rank', 'embedding_lora_rank', 'lora_alpha')
 
 
 @dataclass

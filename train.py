@@ -29,7 +29,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, configure
-from model import ACTIVATIONS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, GPTConfig, hf_model_args, import_transformers
+from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, GPTConfig, hf_model_args,
+                   import_transformers)
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -225,11 +226,8 @@ def effective_settings():
                     lr_decay_iters=effective_lr_decay_iters(), lr_schedule_offset=orch.lr_schedule_offset)
     if lr_schedule == 'wsd':
         settings['cooldown_iters'] = effective_cooldown_iters()
-    c = model.config
-    settings.update(n_layer=c.n_layer, n_head=c.n_head, head_size=c.head_size, n_embd=c.n_embd, n_hidden=c.n_hidden,
-                    attn_lora_rank=c.attn_lora_rank, embedding_lora_rank=c.embedding_lora_rank,
-                    lora_alpha=c.lora_alpha, params=model.get_num_params(),
-                    flops_per_token=model.flops_per_token())
+    settings.update({k: getattr(model.config, k) for k in ARCH_KEYS + LORA_KEYS})
+    settings.update(params=model.get_num_params(), flops_per_token=model.flops_per_token())
     return settings
 
 
@@ -445,55 +443,16 @@ def reset_lr_schedule(_value):
     orch.lr_schedule_offset = orch.iter_of_last_op
 
 
-def check_lora_rank(target):
-    def check(value, config):
-        check_factor(value, 0.0, allow_minimum=True)
-        require_lora(config, target)
-        rank = getattr(config, f'{target}_lora_rank')
-        if value > 0 and round(rank * value) == 0:
-            raise BadValue(f"factor {value} rounds {target}_lora_rank {rank} to 0, which would remove the adapters "
-                           f"and train the full weights; to remove LoRA on purpose, give the value 0")
-        per_rank = config.vocab_size + config.n_embd if target == 'embedding' else \
-            config.n_layer * (2 * config.n_embd + 4 * config.n_head * config.head_size)
-        check_new_params(round(getattr(config, f'{target}_lora_rank') * value) * per_rank)
-    return check
+# growth operations, each one's check (the value against the model it will meet, and the memory of
+# the parameters it creates) beside its apply: the model changes itself (model.py) and returns the
+# lineage of its parameters
+
+def check_stack_layers(value, config):
+    check_layer_map(value, config.n_layer, block_params(config))
 
 
-def check_lora_op(value, config, null=False):
-    check_null(value) if null else check_factor(value)
-    require_lora(config, 'any')
-
-
-def check_msg_stack(value, config):
-    check_mapping(value, ('layers', 'anneal_iters'), ('init',))
-    layer_map = check_key(value, 'layers', check_layer_map, config.n_layer, block_params(config))
-    if value.get('init', 'copy') not in ('copy', 'random'):
-        raise BadValue(f"init must be 'copy' or 'random', got {describe(value['init'])}")
-    if value.get('init') == 'random' and config.attn_lora_rank:
-        raise BadValue("init 'random' needs attention LoRA off at this point (attn_lora_rank 0): the new layers' "
-                       "random attention weights would be frozen, trained only through the adapters; use init "
-                       "'copy', or remove LoRA first with change_attn_lora_rank value 0")
-    first_seen = [i for n, i in enumerate(layer_map) if i not in layer_map[:n]]
-    if first_seen != list(range(config.n_layer)):
-        raise BadValue(f"layer map {layer_map} must keep every old layer, in order, at its first occurrence "
-                       "(new layers are the repeats), so that the network is unchanged at mask 0")
-
-
-def check_msg_widen(value, config, size_key):
-    check_mapping(value, ('factor', 'anneal_iters'))
-    check_key(value, 'factor', check_factor, 1.0)
-    per_unit = 2 * config.n_layer * config.n_embd if size_key == 'n_hidden' else \
-        config.vocab_size + config.n_layer * block_params(config) // config.n_embd
-    check_new_params(grown_size(getattr(config, size_key), value['factor']) * per_unit)
-    require_no_lora(config) if size_key == 'n_embd' else None
-
-
-def check_msg_heads(value, config):
-    check_mapping(value, ('n_new_heads', 'anneal_iters'))
-    check_key(value, 'n_new_heads', check_int, 1)
-    check_new_params(4 * config.n_layer * config.n_embd * (config.n_head + value['n_new_heads']) * config.head_size)
-    if config.attn_lora_rank:
-        raise BadValue("needs attention LoRA off at this point (attn_lora_rank 0)")
+def stack_layers(value):
+    return model.stack_layers(check_layer_map(value, model.config.n_layer))
 
 
 def widen_settings(value):
@@ -514,31 +473,23 @@ def check_widen(value, config):
     check_new_params(2 * config.n_layer * config.n_embd * grown_size(config.n_hidden, factor))
 
 
-def check_stack_layers(value, config):
-    check_layer_map(value, config.n_layer, block_params(config))
-
-
-def check_merge_lora(value, config):
-    check_lora_op(value, config, null=True)
-
-
-def check_msg_widen_mlp(value, config):
-    check_msg_widen(value, config, 'n_hidden')
-
-
-def check_msg_widen_embd(value, config):
-    check_msg_widen(value, config, 'n_embd')
-
-
-# growth operations: the model changes itself (model.py) and returns the lineage of its parameters
-
-def stack_layers(value):
-    return model.stack_layers(check_layer_map(value, model.config.n_layer))
-
-
 def widen_mlp(value):
     factor, noise = widen_settings(value)
     return model.widen_mlp(round(model.config.n_hidden * factor), growth_generator(), noise)
+
+
+def check_lora_rank(target):
+    def check(value, config):
+        check_factor(value, 0.0, allow_minimum=True)
+        require_lora(config, target)
+        rank = getattr(config, f'{target}_lora_rank')
+        if value > 0 and round(rank * value) == 0:
+            raise BadValue(f"factor {value} rounds {target}_lora_rank {rank} to 0, which would remove the adapters "
+                           f"and train the full weights; to remove LoRA on purpose, give the value 0")
+        per_rank = config.vocab_size + config.n_embd if target == 'embedding' else \
+            config.n_layer * (2 * config.n_embd + 4 * config.n_head * config.head_size)
+        check_new_params(round(getattr(config, f'{target}_lora_rank') * value) * per_rank)
+    return check
 
 
 def change_lora_rank(target):
@@ -548,25 +499,74 @@ def change_lora_rank(target):
     return apply
 
 
+def check_lora_op(value, config, null=False):
+    check_null(value) if null else check_factor(value)
+    require_lora(config, 'any')
+
+
 def change_lora_alpha(value):
     return model.set_lora_alpha(model.config.lora_alpha * value, growth_generator())
+
+
+def check_merge_lora(value, config):
+    check_lora_op(value, config, null=True)
 
 
 def merge_lora_weights(_value):
     return model.merge_lora(growth_generator())
 
 
+def check_msg_widen(value, config, size_key):
+    check_mapping(value, ('factor', 'anneal_iters'))
+    check_key(value, 'factor', check_factor, 1.0)
+    per_unit = 2 * config.n_layer * config.n_embd if size_key == 'n_hidden' else \
+        config.vocab_size + config.n_layer * block_params(config) // config.n_embd
+    check_new_params(grown_size(getattr(config, size_key), value['factor']) * per_unit)
+    require_no_lora(config) if size_key == 'n_embd' else None
+
+
+def check_msg_widen_mlp(value, config):
+    check_msg_widen(value, config, 'n_hidden')
+
+
 def msg_widen_mlp(value):
     return model.msg_widen_mlp(round(model.config.n_hidden * value['factor']), growth_generator())
+
+
+def check_msg_heads(value, config):
+    check_mapping(value, ('n_new_heads', 'anneal_iters'))
+    check_key(value, 'n_new_heads', check_int, 1)
+    check_new_params(4 * config.n_layer * config.n_embd * (config.n_head + value['n_new_heads']) * config.head_size)
+    if config.attn_lora_rank:
+        raise BadValue("needs attention LoRA off at this point (attn_lora_rank 0)")
 
 
 def msg_add_heads(value):
     return model.msg_add_heads(value['n_new_heads'], growth_generator())
 
 
+def check_msg_stack(value, config):
+    check_mapping(value, ('layers', 'anneal_iters'), ('init',))
+    layer_map = check_key(value, 'layers', check_layer_map, config.n_layer, block_params(config))
+    if value.get('init', 'copy') not in ('copy', 'random'):
+        raise BadValue(f"init must be 'copy' or 'random', got {describe(value['init'])}")
+    if value.get('init') == 'random' and config.attn_lora_rank:
+        raise BadValue("init 'random' needs attention LoRA off at this point (attn_lora_rank 0): the new layers' "
+                       "random attention weights would be frozen, trained only through the adapters; use init "
+                       "'copy', or remove LoRA first with change_attn_lora_rank value 0")
+    first_seen = [i for n, i in enumerate(layer_map) if i not in layer_map[:n]]
+    if first_seen != list(range(config.n_layer)):
+        raise BadValue(f"layer map {layer_map} must keep every old layer, in order, at its first occurrence "
+                       "(new layers are the repeats), so that the network is unchanged at mask 0")
+
+
 def msg_stack_layers(value):
     layer_map = check_layer_map(value['layers'], model.config.n_layer)
     return model.stack_layers(layer_map, growth_generator(), blend=True, init=value.get('init', 'copy'))
+
+
+def check_msg_widen_embd(value, config):
+    check_msg_widen(value, config, 'n_embd')
 
 
 def msg_widen_embd(value):
@@ -754,9 +754,8 @@ def print_plan(plan):
     print(f"plan: {len(plan)} operations")
     for row in plan:
         print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}")
-        print(f"      then peak lr {row['peak_lr']:.3g}, "
-              f"batch {row['batch_size']} x accum {row['grad_accum']}, n_layer {row['n_layer']}, "
-              f"n_head {row['n_head']}, n_embd {row['n_embd']}, n_hidden {row['n_hidden']}, "
+        print(f"      then peak lr {row['peak_lr']:.3g}, batch {row['batch_size']} x accum {row['grad_accum']}, "
+              + ''.join(f"{k} {row[k]}, " for k in ARCH_KEYS) +
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
               f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
         if row['warning']:
@@ -1385,14 +1384,13 @@ def reevaluate_val_loss():
 
 
 def eval_event(losses, elapsed_s):
-    c = model.config
     it = progress['iter_num']
     return dict(event='eval', iter=it, tokens=progress['tokens'], train_loss=losses['train'],
                 val_loss=losses['val'], lr=get_lr(it), batch_size=effective_batch_size(),
                 grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
                 eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
-                lr_decay_iters=effective_lr_decay_iters(), n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
-                n_hidden=c.n_hidden, params=model.get_num_params(), flops=progress['flops'],
+                lr_decay_iters=effective_lr_decay_iters(), **{k: getattr(model.config, k) for k in ARCH_KEYS},
+                params=model.get_num_params(), flops=progress['flops'],
                 eval_flops=progress['eval_flops'], mask=ramp_mask(it), elapsed_s=elapsed_s)
 
 
