@@ -29,8 +29,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, configure
-from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, GPTConfig, hf_model_args,
-                   import_transformers)
+from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, GPTConfig,
+                   carry_optimizer_state, hf_model_args, import_transformers)
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -1116,56 +1116,6 @@ class EventLog:
                                 if is_number(v)}, step=event['iter'])
 
 
-def carried_moment(moment, dim, index, fill):
-    """A new moment tensor whose slice i along dim is moment's slice index[i], or `fill` where
-    index[i] is -1 (a fresh slice). One copy: the leading slices that stay where they were are
-    copied as one block, and only the rest is gathered (a gather across columns is slow)."""
-    n_kept = int((index == torch.arange(len(index))).cumprod(0).sum())
-    rest = index[n_kept:]
-    parts = [moment.narrow(dim, 0, n_kept)]
-    if len(rest):
-        fresh = rest < 0
-        shape = list(moment.shape)
-        shape[dim] = len(rest)
-        if bool(fresh.all()):
-            tail = moment.new_empty(shape).fill_(fill)
-        else:
-            tail = moment.index_select(dim, rest.clamp(min=0).to(moment.device))
-            if bool(fresh.any()):
-                tail.index_fill_(dim, fresh.nonzero().flatten().to(moment.device), fill)
-        parts.append(tail)
-    return torch.cat(parts, dim)
-
-
-def carry_optimizer_state(old_states, new_optimizer, lineage):
-    """Copy AdamW's exp_avg / exp_avg_sq / step from the old parameters into the new optimizer,
-    following the lineage (see model.py). Fresh slices get exp_avg 0 and the source tensor's mean
-    exp_avg_sq (so their first steps are not oversized); fresh tensors start with no state.
-    Returns how many tensors carried state over."""
-    carried = 0
-    taken = set()  # old tensors whose moments a new parameter took as they are (no copy); later ones copy
-    names = {p: name for name, p in model.named_parameters()}
-    for group in new_optimizer.param_groups:
-        for p in group['params']:
-            old_name, dim, index = lineage[names[p]]
-            old = old_states.get(old_name)
-            if not old:
-                continue
-            state = {'step': old['step'].clone()}
-            for key in ('exp_avg', 'exp_avg_sq'):
-                moment = old[key]
-                if index is not None:
-                    fill = moment.new_zeros(()) if key == 'exp_avg' else moment.mean()
-                    moment = carried_moment(moment, dim, index, fill)
-                elif old_name in taken:
-                    moment = moment.clone()
-                state[key] = moment
-            taken.add(old_name)
-            new_optimizer.state[p] = state
-            carried += 1
-    return carried
-
-
 # -----------------------------------------------------------------------------
 # the run: module globals (nanoGPT style) so that a growth op can rebuild what wraps the model
 
@@ -1348,7 +1298,7 @@ def rebuild_after_growth(lineage):
     growth_optimizer_state), ranks checked to agree, new wrappers."""
     old_states = {optimizer_names[p]: state for p, state in optimizer.state.items()}
     build_optimizer()
-    carried = carry_optimizer_state(old_states, optimizer, lineage) if growth_optimizer_state == 'carry' else 0
+    carried = carry_optimizer_state(model, old_states, optimizer, lineage) if growth_optimizer_state == 'carry' else 0
     if ddp and check_rank_consistency:
         assert_ranks_agree()
     wrap_model()
