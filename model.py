@@ -147,6 +147,14 @@ def carry_optimizer_state(model, old_states, new_optimizer, lineage):
 
 
 
+def mask_at(ramp, iter_num):
+    """The MSG mask at iter_num of a ramp {'start_iter', 'anneal_iters', ...} (None: no ramp, 1): 0 at the
+    op, rising linearly to 1 after anneal_iters."""
+    if ramp is None:
+        return 1.0
+    return min(1.0, (iter_num - ramp['start_iter']) / ramp['anneal_iters'])
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias. While an MSG ramp widens the residual stream, the
     statistics are weighted by the channel mask (old channels 1, new channels m), so at m = 0
@@ -436,6 +444,20 @@ class GPT(nn.Module):
         return idx
 
     # ---------------------------------------------------------------- Hugging Face GPT-2
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint):
+        """The model a train.py checkpoint (its path, or the dict it holds) was written with, grown, masked
+        or with LoRA adapters as it was then. Checkpoints without growth_mask (before issue 16) get the
+        mask from their orchestrator state."""
+        if not isinstance(checkpoint, dict):
+            checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=True)
+        model = cls(GPTConfig(**checkpoint['model_args']))
+        model.load_state_dict(checkpoint['model'])
+        mask = checkpoint.get('growth_mask')
+        model.set_growth_mask(mask if mask is not None else
+                              mask_at(checkpoint['orchestrator']['active_ramp'], checkpoint['iter_num']))
+        return model
 
     @classmethod
     def from_hf(cls, name_or_path, **overrides):

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, configure
 from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, GPTConfig,
-                   carry_optimizer_state, hf_model_args, import_transformers)
+                   carry_optimizer_state, hf_model_args, import_transformers, mask_at)
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -809,9 +809,7 @@ def record_eval(flops, val_loss):
 
 def ramp_mask(iter_num):
     """The MSG mask at iter_num: 0 at the op, rising linearly to 1 after anneal_iters."""
-    if orch.active_ramp is None:
-        return 1.0
-    return min(1.0, (iter_num - orch.active_ramp['start_iter']) / orch.active_ramp['anneal_iters'])
+    return mask_at(orch.active_ramp, iter_num)
 
 
 def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
@@ -1316,7 +1314,7 @@ def write_checkpoint(config, wandb_run):
     if master_process:
         checkpoint = dict(model=model.state_dict(), model_args=asdict(model.config),
                           optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), config=config,
-                          orchestrator=orchestrator_state(), rng=rng,
+                          orchestrator=orchestrator_state(), growth_mask=ramp_mask(progress['iter_num']), rng=rng,
                           wandb_run_id=wandb_run.id if wandb_run is not None else '', **progress)
         print(f"saving checkpoint to {out_dir}")
         save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))

@@ -82,13 +82,9 @@ def eval_losses(model, monkeypatch, data, block_size):
 
 
 def load_run_model(out):
-    """sample.py's model of a run's checkpoint (train's orchestrator globals put back afterwards)."""
+    """sample.py's model of a run's checkpoint."""
     checkpoint = train.load_checkpoint(str(out / 'ckpt.pt'))
-    saved = train.orchestrator_state()
-    try:
-        return export_hf.load_model(checkpoint).eval(), checkpoint
-    finally:
-        train.load_orchestrator_state(saved)
+    return GPT.from_checkpoint(checkpoint).eval(), checkpoint
 
 
 def export(out, hf_dir, tokenizer_from=''):

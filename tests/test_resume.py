@@ -177,7 +177,7 @@ def test_checkpoint_is_plain_types(runs):
     checkpoint = load(runs['half'] / 'ckpt.pt')
     assert set(checkpoint) == {'model', 'model_args', 'optimizer', 'scaler', 'iter_num', 'tokens', 'flops',
                                'eval_flops', 'best_val_loss', 'next_eval_iter', 'config', 'orchestrator', 'rng',
-                               'wandb_run_id'}
+                               'wandb_run_id', 'growth_mask'}
     assert (checkpoint['iter_num'], checkpoint['next_eval_iter'], checkpoint['tokens']) == (60, 70, 60 * 4 * 32)
     orchestrator = checkpoint['orchestrator']
     assert orchestrator['schedule_position'] == 5 and orchestrator['iter_of_last_op'] == 60
