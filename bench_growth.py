@@ -45,10 +45,8 @@ import yaml
 
 import train
 from configurator import configure
-from model import GPT, GPTConfig
+from model import ARCH_KEYS, GPT, GPTConfig
 from plot_run import read_events
-
-ARCH_KEYS = ('n_layer', 'n_head', 'head_size', 'n_embd', 'n_hidden')
 
 
 def load_setting(config_file, schedule_file, overrides):

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import train
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, carry_optimizer_state
 
 
 def batches(data, generator, count, batch_size, block_size):
@@ -51,8 +50,7 @@ def grow(model, optimizer, op):
     old_states = {names[p]: state for p, state in optimizer.state.items()}
     lineage = op(model)
     new_optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu')
-    train.model = model  # carry_optimizer_state reads the model from train's globals
-    train.carry_optimizer_state(old_states, new_optimizer, lineage)
+    carry_optimizer_state(model, old_states, new_optimizer, lineage)
     return new_optimizer, lineage
 
 

@@ -19,8 +19,7 @@ import torch
 
 import train
 from configurator import ConfigError, configure
-from model import import_transformers
-from sample import load_model
+from model import GPT, import_transformers
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run: {out_dir}/ckpt.pt
@@ -78,7 +77,7 @@ def find_gpt2_tokenizer(checkpoint, vocab_size, given):
 def exportable_model(checkpoint, path):
     """The checkpoint's model with its LoRA adapters merged, or a UserError saying why GPT-2 cannot hold
     it and what to do."""
-    model = load_model(checkpoint)
+    model = GPT.from_checkpoint(checkpoint)
     for target in ('attn', 'embedding'):
         model.set_lora_rank(target, 0, torch.Generator())  # merges the adapter into the weight
     try:

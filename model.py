@@ -8,7 +8,7 @@ its values came from, as (old_name, dim, index):
   (name, dim, index)  slices of `name` along `dim`; index[i] is the old slice that new slice i
                       copies, -1 marks a fresh slice
   (None, None, None)  a fresh tensor
-train.py carries AdamW's moments through this lineage (see carry_optimizer_state there).
+carry_optimizer_state (below) carries AdamW's moments through this lineage; train.py calls it.
 
 Masked structural growth (MSG): new structure is multiplied by `growth_mask`, a scalar that
 train.py raises from 0 to 1; at 0 the network computes exactly what it computed before.
@@ -32,6 +32,10 @@ LN_EPS = 1e-5
 INIT_STD = 0.02
 # the mlp's GELU: 'gelu' exact (this repository's models), 'gelu_tanh' the tanh approximation (GPT-2's)
 ACTIVATIONS = ('gelu', 'gelu_tanh')
+# the shape growth changes and the adapters LoRA ops change, by the names that logs, the dry-run plan,
+# events and benchmarks use
+ARCH_KEYS = ('n_layer', 'n_head', 'head_size', 'n_embd', 'n_hidden')
+LORA_KEYS = ('attn_lora_rank', 'embedding_lora_rank', 'lora_alpha')
 
 
 @dataclass
@@ -88,6 +92,67 @@ def expand_tensor(old, dim, new_size, fresh):
     assert new.shape[dim] == new_size
     index = torch.cat([torch.arange(n_old), torch.full((new_size - n_old,), -1)])
     return new, index
+
+
+# AdamW's state through a growth op's lineage
+
+def carried_moment(moment, dim, index, fill):
+    """A new moment tensor whose slice i along dim is moment's slice index[i], or `fill` where
+    index[i] is -1 (a fresh slice). One copy: the leading slices that stay where they were are
+    copied as one block, and only the rest is gathered (a gather across columns is slow)."""
+    n_kept = int((index == torch.arange(len(index))).cumprod(0).sum())
+    rest = index[n_kept:]
+    parts = [moment.narrow(dim, 0, n_kept)]
+    if len(rest):
+        fresh = rest < 0
+        shape = list(moment.shape)
+        shape[dim] = len(rest)
+        if bool(fresh.all()):
+            tail = moment.new_empty(shape).fill_(fill)
+        else:
+            tail = moment.index_select(dim, rest.clamp(min=0).to(moment.device))
+            if bool(fresh.any()):
+                tail.index_fill_(dim, fresh.nonzero().flatten().to(moment.device), fill)
+        parts.append(tail)
+    return torch.cat(parts, dim)
+
+
+def carry_optimizer_state(model, old_states, new_optimizer, lineage):
+    """After a growth op: copy AdamW's exp_avg / exp_avg_sq / step from the old parameters (old_states:
+    old name -> state) into new_optimizer, built for the grown model, following the model's lineage.
+    Fresh slices get exp_avg 0 and the source tensor's mean exp_avg_sq (so their first steps are not
+    oversized); fresh tensors start with no state. Returns how many tensors carried state over."""
+    carried = 0
+    taken = set()  # old tensors whose moments a new parameter took as they are (no copy); later ones copy
+    names = {p: name for name, p in model.named_parameters()}
+    for group in new_optimizer.param_groups:
+        for p in group['params']:
+            old_name, dim, index = lineage[names[p]]
+            old = old_states.get(old_name)
+            if not old:
+                continue
+            state = {'step': old['step'].clone()}
+            for key in ('exp_avg', 'exp_avg_sq'):
+                moment = old[key]
+                if index is not None:
+                    fill = moment.new_zeros(()) if key == 'exp_avg' else moment.mean()
+                    moment = carried_moment(moment, dim, index, fill)
+                elif old_name in taken:
+                    moment = moment.clone()
+                state[key] = moment
+            taken.add(old_name)
+            new_optimizer.state[p] = state
+            carried += 1
+    return carried
+
+
+
+def mask_at(ramp, iter_num):
+    """The MSG mask at iter_num of a ramp {'start_iter', 'anneal_iters', ...} (None: no ramp, 1): 0 at the
+    op, rising linearly to 1 after anneal_iters."""
+    if ramp is None:
+        return 1.0
+    return min(1.0, (iter_num - ramp['start_iter']) / ramp['anneal_iters'])
 
 
 class LayerNorm(nn.Module):
@@ -379,6 +444,20 @@ class GPT(nn.Module):
         return idx
 
     # ---------------------------------------------------------------- Hugging Face GPT-2
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint):
+        """The model a train.py checkpoint (its path, or the dict it holds) was written with, grown, masked
+        or with LoRA adapters as it was then. Checkpoints without growth_mask (before issue 16) get the
+        mask from their orchestrator state."""
+        if not isinstance(checkpoint, dict):
+            checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=True)
+        model = cls(GPTConfig(**checkpoint['model_args']))
+        model.load_state_dict(checkpoint['model'])
+        mask = checkpoint.get('growth_mask')
+        model.set_growth_mask(mask if mask is not None else
+                              mask_at(checkpoint['orchestrator']['active_ramp'], checkpoint['iter_num']))
+        return model
 
     @classmethod
     def from_hf(cls, name_or_path, **overrides):

@@ -13,7 +13,7 @@ import torch
 
 import train
 from configurator import ConfigError, configure
-from model import GPT, GPTConfig
+from model import GPT
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint {out_dir}/ckpt.pt
@@ -28,15 +28,6 @@ dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if torch.c
 compile = False  # use PyTorch 2.0 to compile the model to be faster
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 # -----------------------------------------------------------------------------
-
-
-def load_model(checkpoint):
-    """The model as it was when the checkpoint was written, its MSG mask included."""
-    model = GPT(GPTConfig(**checkpoint['model_args']))
-    model.load_state_dict(checkpoint['model'])
-    train.load_orchestrator_state(checkpoint['orchestrator'])
-    model.set_growth_mask(train.ramp_mask(checkpoint['iter_num']))
-    return model
 
 
 def codec(checkpoint):
@@ -67,7 +58,7 @@ def main():
 
     checkpoint = train.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     encode, decode = codec(checkpoint)
-    model = load_model(checkpoint).to(device)
+    model = GPT.from_checkpoint(checkpoint).to(device)
     model.eval()
     if compile:
         model = torch.compile(model)

@@ -387,6 +387,7 @@ def scheduled_run(data_dir, tmp_path_factory):
     return result.stdout, events
 
 
+@pytest.mark.slow
 def test_ops_fire_at_the_expected_iters(scheduled_run):
     _, events = scheduled_run
     ops = [e for e in events if e['event'] == 'op']
@@ -413,6 +414,7 @@ def test_ops_fire_at_the_expected_iters(scheduled_run):
         assert by_name[name]['val_loss_after'] is None
 
 
+@pytest.mark.slow
 def test_eval_events_show_the_settings_change(scheduled_run):
     _, events = scheduled_run
     evals = [e for e in events if e['event'] == 'eval']
@@ -440,6 +442,7 @@ def test_eval_events_show_the_settings_change(scheduled_run):
     assert evals[-1]['val_loss'] < evals[0]['val_loss']
 
 
+@pytest.mark.slow
 def test_log_blocks(scheduled_run):
     stdout, _ = scheduled_run
     blocks = re.findall(r'=== SCALING OPERATION TRIGGERED ===\n(.*?)=== SCALING OPERATION COMPLETE ===\n',
@@ -462,6 +465,7 @@ def test_log_blocks(scheduled_run):
     assert "New eval_iters: 4 -> 8" in blocks[6]
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_writes_nothing(data_dir, tmp_path):
     schedule = tmp_path / 'schedule.json'
     schedule.write_text(json.dumps(RUN_SCHEDULE))
@@ -505,6 +509,7 @@ def test_plan_warns_of_a_decay_that_ends_after_max_iters(cpu_model, monkeypatch,
     assert [row['warning'] for row in train.validate_schedule(path, entries, 0, cpu_model)] == [None] * 6
 
 
+@pytest.mark.slow
 def test_dry_run_and_start_up_log_warn_of_a_decay_past_max_iters(scheduled_run, data_dir, tmp_path):
     """RUN_SCHEDULE doubles lr_decay_iters (120 -> 240, max_iters 120) and resets the schedule at the latest at 120."""
     schedule = tmp_path / 'schedule.json'
@@ -522,6 +527,7 @@ def test_dry_run_and_start_up_log_warn_of_a_decay_past_max_iters(scheduled_run, 
     assert all(line.startswith('warning: ') for line in start_up)
 
 
+@pytest.mark.slow
 def test_dry_run_names_the_slope_trigger(data_dir, tmp_path):
     schedule = tmp_path / 'schedule.yaml'
     schedule.write_text("- {name: stack_layers, value: 2, trigger_loss: 0.0, max_wait_iters: 100, reevaluate: true,"
@@ -533,6 +539,7 @@ def test_dry_run_names_the_slope_trigger(data_dir, tmp_path):
             "previous op\n") in result.stdout
 
 
+@pytest.mark.slow
 def test_bad_schedule_stops_before_step_0(data_dir, tmp_path):
     schedule = tmp_path / 'schedule.yaml'
     schedule.write_text(third_entry(max_wait_iters='-5'))

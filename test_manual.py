@@ -71,15 +71,15 @@ def cosine(lr_max, lr_min, t, warmup, decay):
 def test_loss_trigger_is_strict():
     train.reset_orchestrator([entry('change_lr', 0.5, trigger_loss=2.0)])
     assert run(250, 2.0) == (2.0, [])  # equal is not below
-    assert train.lr_multiplier == 1.0 and len(train.schedule) == 1
+    assert train.orch.lr_multiplier == 1.0 and len(train.orch.schedule) == 1
     val_loss, events = run(500, 1.9999)
     assert val_loss == 1.9999
     assert events == [dict(event='op', iter=500, name='change_lr', value=0.5, reason='loss',
                            val_loss_before=1.9999, val_loss_after=None, index=0, changes={},
                            optimizer_policy=None)]
-    assert train.lr_multiplier == 0.5
-    assert train.schedule == [] and train.schedule_position == 1 and train.iter_of_last_op == 500
-    assert train.executed_ops == [dict(entry('change_lr', 0.5, trigger_loss=2.0), index=0, iter=500, reason='loss')]
+    assert train.orch.lr_multiplier == 0.5
+    assert train.orch.schedule == [] and train.orch.schedule_position == 1 and train.orch.iter_of_last_op == 500
+    assert train.orch.executed_ops == [dict(entry('change_lr', 0.5, trigger_loss=2.0), index=0, iter=500, reason='loss')]
 
 
 def test_timeout_counts_from_the_previous_op():
@@ -88,14 +88,14 @@ def test_timeout_counts_from_the_previous_op():
     assert run(0, 4.0)[1] == [] and run(250, 3.0)[1] == []
     _, events = run(300, 2.9)  # 300 - 0 >= 300
     assert fired(events) == [('change_lr', 'timeout')]
-    assert train.iter_of_last_op == 300
+    assert train.orch.iter_of_last_op == 300
     # the second entry waits 300 iters from the first op, not from the start of the run
     assert run(400, 2.8)[1] == [] and run(599, 2.7)[1] == []
     _, events = run(600, 2.6)
     assert fired(events) == [('change_batch_size', 'timeout')]
-    assert [(op['name'], op['iter'], op['reason']) for op in train.executed_ops] == [
+    assert [(op['name'], op['iter'], op['reason']) for op in train.orch.executed_ops] == [
         ('change_lr', 300, 'timeout'), ('change_batch_size', 600, 'timeout')]
-    assert train.iter_of_last_op == 600 and train.schedule_position == 2
+    assert train.orch.iter_of_last_op == 600 and train.orch.schedule_position == 2
 
 
 def test_loss_trigger_wins_over_timeout_as_the_reason():
@@ -121,9 +121,9 @@ def test_back_to_back_in_one_eval_step():
                              ('change_eval_interval', 'loss')]
     assert [e['index'] for e in events] == [0, 1, 2]
     assert all(e['iter'] == 750 and e['val_loss_before'] == 2.4 for e in events)
-    assert train.schedule == [entry('change_eval_iters', 2.0, trigger_loss=2.0)]
-    assert train.schedule_position == 3 and train.iter_of_last_op == 750
-    assert (train.lr_multiplier, train.effective_batch_size(), train.effective_eval_interval()) == (0.5, 24, 125)
+    assert train.orch.schedule == [entry('change_eval_iters', 2.0, trigger_loss=2.0)]
+    assert train.orch.schedule_position == 3 and train.orch.iter_of_last_op == 750
+    assert (train.orch.lr_multiplier, train.effective_batch_size(), train.effective_eval_interval()) == (0.5, 24, 125)
     assert train.effective_eval_iters() == 20
 
 
@@ -132,14 +132,14 @@ def test_an_entry_that_does_not_fire_blocks_the_later_ones():
                               entry('change_batch_size', 2.0, trigger_loss=100.0, max_wait_iters=0)])
     for it in (0, 250, 500, 750):
         assert run(it, 2.0)[1] == []  # the second entry would fire, but the first holds it back
-    assert train.effective_batch_size() == 12 and train.schedule_position == 0
+    assert train.effective_batch_size() == 12 and train.orch.schedule_position == 0
     _, events = run(1000, 2.0)
     assert fired(events) == [('change_lr', 'timeout'), ('change_batch_size', 'loss')]
 
 
 def test_empty_schedule_does_nothing():
     assert run(0, 1.0) == (1.0, [])
-    assert train.executed_ops == [] and train.schedule_position == 0
+    assert train.orch.executed_ops == [] and train.orch.schedule_position == 0
 
 
 # -----------------------------------------------------------------------------
@@ -177,8 +177,8 @@ def test_slope_fires_when_the_loss_flattens():
         assert eval_step(250 * (k + 1), 1e9 * (k + 1), val_loss) == []  # slopes -0.1, then about -0.06
     events = eval_step(1250, 5e9, losses[4])
     assert fired(events) == [('change_lr', 'slope')]
-    assert train.evals_since_op == [] and train.iter_of_last_op == 1250
-    assert train.executed_ops[0]['trigger_slope'] == -0.03 and train.executed_ops[0]['reason'] == 'slope'
+    assert train.orch.evals_since_op == [] and train.orch.iter_of_last_op == 1250
+    assert train.orch.executed_ops[0]['trigger_slope'] == -0.03 and train.orch.executed_ops[0]['reason'] == 'slope'
 
 
 def test_a_huge_negative_threshold_fires_as_soon_as_the_slope_can_be_measured():
@@ -234,7 +234,7 @@ def test_reevaluated_loss_is_used_for_the_next_entry():
     assert [(e['val_loss_before'], e['val_loss_after']) for e in events] == [(2.0, 1.5), (1.5, 1.2), (1.2, None)]
     assert len(calls) == 2  # no reevaluation for an entry with reevaluate false
     assert val_loss == 1.2  # what the caller uses (e.g. for best_val_loss) is the model's current loss
-    assert train.schedule_position == 3
+    assert train.orch.schedule_position == 3
 
 
 def test_reevaluate_without_a_callback_gives_null():
@@ -251,7 +251,7 @@ def test_reevaluate_without_a_callback_gives_null():
 
 def fire_now(*entries, iter_num=0):
     """Run these entries in one eval step (all with max_wait_iters 0), after the ops already run."""
-    train.schedule.extend(entry(name, value, max_wait_iters=0) for name, value in entries)
+    train.orch.schedule.extend(entry(name, value, max_wait_iters=0) for name, value in entries)
     _, events = run(iter_num, 5.0)
     assert len(events) == len(entries)
 
@@ -278,13 +278,13 @@ def test_change_lr_scales_lr_and_min_lr():
     assert train.get_lr(1050) == pytest.approx(5e-5 + 0.5 * 4.5e-4, rel=1e-12)  # 2.75e-4
     assert train.get_lr(2500) == pytest.approx(5e-5, rel=1e-12)
     fire_now(('change_lr', 3.0), iter_num=300)  # factors compound
-    assert train.lr_multiplier == pytest.approx(1.5, rel=1e-12)
+    assert train.orch.lr_multiplier == pytest.approx(1.5, rel=1e-12)
     assert train.get_lr(100) == pytest.approx(1.5e-3, rel=1e-12)
 
 
 def test_set_lr_is_absolute():
     fire_now(('change_lr', 4.0), ('set_lr', 5e-4))
-    assert (train.lr_multiplier, train.set_values) == (1.0, {'lr': [5e-4, pytest.approx(5e-5, rel=1e-12)]})
+    assert (train.orch.lr_multiplier, train.orch.set_values) == (1.0, {'lr': [5e-4, pytest.approx(5e-5, rel=1e-12)]})
     assert train.get_lr(100) == pytest.approx(5e-4, rel=1e-12)
     assert train.get_lr(5000) == pytest.approx(5e-5, rel=1e-12)  # min_lr keeps its ratio to lr
     fire_now(('change_lr', 0.5))  # a factor after a set_ scales the value set
@@ -317,9 +317,9 @@ def test_set_ops_stay_absolute_after_a_resume_with_other_config_values():
 def test_reset_lr_schedule_restarts_warmup_and_decay_at_the_op():
     train.reset_orchestrator([entry('reset_lr_schedule', None, trigger_loss=2.0)])
     run(750, 2.5)
-    assert train.lr_schedule_offset == 0
+    assert train.orch.lr_schedule_offset == 0
     run(1000, 1.9)
-    assert train.lr_schedule_offset == 1000
+    assert train.orch.lr_schedule_offset == 1000
     assert train.get_lr(1000) == pytest.approx(1e-3 / 101, rel=1e-12)  # warmup again, from its first step
     assert train.get_lr(1050) == pytest.approx(1e-3 * 51 / 101, rel=1e-12)
     assert train.get_lr(1100) == pytest.approx(1e-3, rel=1e-12)
@@ -395,7 +395,7 @@ def test_wsd_under_warmup_reset_lr_and_growth_rewarm():
     for it in (400, 449, 450, 1150, 1151, 1300, 1400, 1401):
         assert train.get_lr(it) == pytest.approx(wsd(2e-3, 2e-4, it - 400, 50, 1000, 250), rel=1e-12)
     assert train.get_lr(1000) == 2e-3  # stable phase: the peak
-    train.growth_lr_rewarm_iters, train.iter_of_last_growth = 99, 1000
+    train.growth_lr_rewarm_iters, train.orch.iter_of_last_growth = 99, 1000
     assert train.get_lr(1000) == pytest.approx(2e-3 / 100, rel=1e-12)
     assert train.get_lr(1049) == pytest.approx(2e-3 * 50 / 100, rel=1e-12)
     assert train.get_lr(1099) == 2e-3
@@ -487,14 +487,14 @@ def test_executed_ops_and_schedule_position():
     train.reset_orchestrator(entries)
     run(0, 3.5)
     run(250, 2.9)
-    assert train.schedule_position == 1 and train.schedule == entries[1:]
+    assert train.orch.schedule_position == 1 and train.orch.schedule == entries[1:]
     run(500, 2.8)
     run(750, 2.7, reevaluate=lambda: 2.6)
-    assert train.executed_ops == [dict(entries[0], index=0, iter=250, reason='loss'),
+    assert train.orch.executed_ops == [dict(entries[0], index=0, iter=250, reason='loss'),
                                   dict(entries[1], index=1, iter=750, reason='timeout'),
                                   dict(entries[2], index=2, iter=750, reason='timeout')]
-    assert train.schedule == entries[3:] and train.schedule_position == 3
-    assert train.lr_schedule_offset == 750 and train.iter_of_last_op == 750
+    assert train.orch.schedule == entries[3:] and train.orch.schedule_position == 3
+    assert train.orch.lr_schedule_offset == 750 and train.orch.iter_of_last_op == 750
     assert entries[0] == entry('change_lr', 0.5, trigger_loss=3.0)  # the caller's entries are not changed
 
 
@@ -519,7 +519,7 @@ def test_only_rank_zero_prints(capsys):
     train.master_process = False
     train.reset_orchestrator([entry('change_lr', 0.5, max_wait_iters=0)])
     _, events = run(0, 2.0)
-    assert fired(events) == [('change_lr', 'timeout')] and train.lr_multiplier == 0.5
+    assert fired(events) == [('change_lr', 'timeout')] and train.orch.lr_multiplier == 0.5
     assert capsys.readouterr().out == ''
 
 
@@ -534,7 +534,7 @@ def test_orchestrator_state_round_trip():
     assert state['schedule'] == entries[3:] and state['schedule_position'] == 3
     assert (state['lr_multiplier'], state['warmup_iters_multiplier'], state['lr_schedule_offset']) == (0.5, 2.0, 500)
     state['schedule'].clear()
-    assert train.schedule == entries[3:]  # the state is a copy
+    assert train.orch.schedule == entries[3:]  # the state is a copy
 
     def finish():
         log = [run(it, 2.5)[1] for it in (750, 1000, 1250)]

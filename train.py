@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, configure
-from model import ACTIVATIONS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, GPTConfig, hf_model_args, import_transformers
+from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, GPTConfig,
+                   carry_optimizer_state, hf_model_args, import_transformers, mask_at)
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -96,26 +97,31 @@ check_rank_consistency = True  # DDP: compare a parameter checksum across ranks 
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 config_defaults = {k: globals()[k] for k in config_keys}  # a model key off its default must agree with imported weights
 # -----------------------------------------------------------------------------
-# orchestrator state: everything the schedule changes lives here, and is checkpointed
-lr_multiplier = 1.0  # scales learning_rate and min_lr
-batch_size_multiplier = 1.0
-grad_accum_multiplier = 1.0
-lr_schedule_offset = 0  # the lr schedule (warmup, decay) runs on iter_num - lr_schedule_offset
-warmup_iters_multiplier = 1.0  # scales warmup_iters and lr_decay_iters
-eval_iters_multiplier = 1.0
-eval_interval_multiplier = 1.0
-set_values = {}  # absolute values of set_ ops (e.g. {'lr': [peak, min]}): a multiplier scales these, not the config's
-schedule = []  # the entries still to run, next first
-schedule_position = 0  # index in the schedule file of schedule[0]
-iter_of_last_op = 0
-executed_ops = []  # the entries already run, each with the iter and reason it fired
-active_ramp = None  # the MSG mask still rising: {'name', 'start_iter', 'anneal_iters'}
-iter_of_last_growth = -1  # for growth_lr_rewarm_iters; -1 = no growth yet
-evals_since_op = []  # [training flops, val loss] of each eval since the previous op, for trigger_slope
-ORCHESTRATOR_KEYS = ['lr_multiplier', 'batch_size_multiplier', 'grad_accum_multiplier', 'lr_schedule_offset',
-                     'warmup_iters_multiplier', 'eval_iters_multiplier', 'eval_interval_multiplier', 'set_values',
-                     'schedule', 'schedule_position', 'iter_of_last_op', 'executed_ops', 'active_ramp',
-                     'iter_of_last_growth', 'evals_since_op']
+# orchestrator state: everything the schedule changes lives in one object, `orch`, checkpointed as one dict
+
+@dataclass
+class Orchestrator:
+    lr_multiplier: float = 1.0  # scales learning_rate and min_lr
+    batch_size_multiplier: float = 1.0
+    grad_accum_multiplier: float = 1.0
+    lr_schedule_offset: int = 0  # the lr schedule (warmup, decay) runs on iter_num - lr_schedule_offset
+    warmup_iters_multiplier: float = 1.0  # scales warmup_iters and lr_decay_iters
+    eval_iters_multiplier: float = 1.0
+    eval_interval_multiplier: float = 1.0
+    # absolute values of set_ ops (e.g. {'lr': [peak, min]}): a multiplier scales these, not the config's
+    set_values: dict = field(default_factory=dict)
+    schedule: list = field(default_factory=list)  # the entries still to run, next first
+    schedule_position: int = 0  # index in the schedule file of schedule[0]
+    iter_of_last_op: int = 0
+    executed_ops: list = field(default_factory=list)  # the entries already run, each with the iter and reason
+    active_ramp: dict = None  # the MSG mask still rising: {'name', 'start_iter', 'anneal_iters'}
+    iter_of_last_growth: int = -1  # for growth_lr_rewarm_iters; -1 = no growth yet
+    # [training flops, val loss] of each eval since the previous op, for trigger_slope
+    evals_since_op: list = field(default_factory=list)
+
+
+orch = Orchestrator()
+ORCHESTRATOR_KEYS = [f.name for f in fields(Orchestrator)]
 ddp_world_size = 1  # set by setup_distributed; the orchestrator's rounding of grad accumulation needs it
 master_process = True  # rank 0 logs and writes; set by setup_distributed
 model = None  # the GPT being trained (set in main; growth ops change it in place)
@@ -136,12 +142,12 @@ class UserError(Exception):
 # a run resumed with another --learning_rate keeps the lr that set_lr gave)
 
 def effective_batch_size():
-    return round(set_values.get('batch_size', batch_size) * batch_size_multiplier)
+    return round(orch.set_values.get('batch_size', batch_size) * orch.batch_size_multiplier)
 
 
 def grad_accum_total():
     """Global accumulation steps before the rounding to the world size."""
-    return set_values.get('grad_accum', gradient_accumulation_steps) * grad_accum_multiplier
+    return orch.set_values.get('grad_accum', gradient_accumulation_steps) * orch.grad_accum_multiplier
 
 
 def effective_grad_accum():
@@ -151,35 +157,35 @@ def effective_grad_accum():
 
 
 def effective_eval_iters():
-    return round(set_values.get('eval_iters', eval_iters) * eval_iters_multiplier)
+    return round(orch.set_values.get('eval_iters', eval_iters) * orch.eval_iters_multiplier)
 
 
 def effective_eval_interval():
-    return round(set_values.get('eval_interval', eval_interval) * eval_interval_multiplier)
+    return round(orch.set_values.get('eval_interval', eval_interval) * orch.eval_interval_multiplier)
 
 
 def lr_schedule_lengths():
     """warmup_iters, lr_decay_iters and cooldown_iters (0: a fifth of lr_decay_iters), before the multiplier."""
     cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
-    return set_values.get('warmup_iters', [warmup_iters, lr_decay_iters, cooldown])
+    return orch.set_values.get('warmup_iters', [warmup_iters, lr_decay_iters, cooldown])
 
 
 def effective_warmup_iters():
-    return round(lr_schedule_lengths()[0] * warmup_iters_multiplier)
+    return round(lr_schedule_lengths()[0] * orch.warmup_iters_multiplier)
 
 
 def effective_lr_decay_iters():
-    return round(lr_schedule_lengths()[1] * warmup_iters_multiplier)
+    return round(lr_schedule_lengths()[1] * orch.warmup_iters_multiplier)
 
 
 def effective_cooldown_iters():
-    return round(lr_schedule_lengths()[2] * warmup_iters_multiplier)
+    return round(lr_schedule_lengths()[2] * orch.warmup_iters_multiplier)
 
 
 def peak_and_min_lr():
     """The top and the bottom of the lr schedule: learning_rate and min_lr (or set_lr's), times lr_multiplier."""
-    peak, low = set_values.get('lr', [learning_rate, min_lr])
-    return peak * lr_multiplier, low * lr_multiplier
+    peak, low = orch.set_values.get('lr', [learning_rate, min_lr])
+    return peak * orch.lr_multiplier, low * orch.lr_multiplier
 
 
 def scheduled_lr(t, lr_max, lr_min):
@@ -205,9 +211,9 @@ def get_lr(it):
     """The lr schedule on the schedule's own clock (it - lr_schedule_offset), scaled by
     lr_multiplier, and re-warmed after a growth op when growth_lr_rewarm_iters > 0."""
     lr_max, lr_min = peak_and_min_lr()
-    lr = scheduled_lr(it - lr_schedule_offset, lr_max, lr_min) if decay_lr else lr_max
-    since_growth = it - iter_of_last_growth
-    if iter_of_last_growth >= 0 and since_growth < growth_lr_rewarm_iters:
+    lr = scheduled_lr(it - orch.lr_schedule_offset, lr_max, lr_min) if decay_lr else lr_max
+    since_growth = it - orch.iter_of_last_growth
+    if orch.iter_of_last_growth >= 0 and since_growth < growth_lr_rewarm_iters:
         lr *= (since_growth + 1) / (growth_lr_rewarm_iters + 1)
     return lr
 
@@ -217,14 +223,11 @@ def effective_settings():
     settings = dict(peak_lr=peak_and_min_lr()[0], batch_size=effective_batch_size(),
                     grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
                     eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
-                    lr_decay_iters=effective_lr_decay_iters(), lr_schedule_offset=lr_schedule_offset)
+                    lr_decay_iters=effective_lr_decay_iters(), lr_schedule_offset=orch.lr_schedule_offset)
     if lr_schedule == 'wsd':
         settings['cooldown_iters'] = effective_cooldown_iters()
-    c = model.config
-    settings.update(n_layer=c.n_layer, n_head=c.n_head, head_size=c.head_size, n_embd=c.n_embd, n_hidden=c.n_hidden,
-                    attn_lora_rank=c.attn_lora_rank, embedding_lora_rank=c.embedding_lora_rank,
-                    lora_alpha=c.lora_alpha, params=model.get_num_params(),
-                    flops_per_token=model.flops_per_token())
+    settings.update({k: getattr(model.config, k) for k in ARCH_KEYS + LORA_KEYS})
+    settings.update(params=model.get_num_params(), flops_per_token=model.flops_per_token())
     return settings
 
 
@@ -360,7 +363,7 @@ def grown_size(size, factor):
 
 def growth_generator():
     # the same seed on every DDP rank, so that every rank grows the same weights
-    return torch.Generator().manual_seed(seed + iter_of_last_op)
+    return torch.Generator().manual_seed(seed + orch.iter_of_last_op)
 
 
 def check_rounds_positive(label, value):
@@ -382,165 +385,82 @@ class Operation:
     keeps_function: bool = True  # False: the model computes another function after it (its val loss changes)
 
 
-# hyperparameter operations: each one writes its multiplier (the orchestrator state at the top)
-
-def change_lr(value):
-    global lr_multiplier
-    lr_multiplier *= value
-
-
-def set_lr(value):
-    global lr_multiplier
-    set_values['lr'] = [value, min_lr * value / learning_rate]  # min_lr keeps its ratio to the config's lr
-    lr_multiplier = 1.0
-
-
-def change_batch_size(value):
-    global batch_size_multiplier
-    batch_size_multiplier *= value
-
-
-def set_batch_size(value):
-    global batch_size_multiplier
-    set_values['batch_size'] = value
-    batch_size_multiplier = 1.0
-
-
-def change_grad_accum(value):
-    global grad_accum_multiplier
-    grad_accum_multiplier *= value
-
-
-def set_grad_accum(value):
-    global grad_accum_multiplier
-    set_values['grad_accum'] = value
-    grad_accum_multiplier = 1.0
-
-
-def change_warmup_iters(value):
-    global warmup_iters_multiplier
-    warmup_iters_multiplier *= value
-
-
-def set_warmup_iters(value):
-    """warmup_iters = value; lr_decay_iters and the cooldown scaled by the same factor from the config's."""
-    global warmup_iters_multiplier
-    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
-    set_values['warmup_iters'] = [value, lr_decay_iters * value / warmup_iters, cooldown * value / warmup_iters]
-    warmup_iters_multiplier = 1.0
-
-
-def change_eval_iters(value):
-    global eval_iters_multiplier
-    eval_iters_multiplier *= value
-
-
-def set_eval_iters(value):
-    global eval_iters_multiplier
-    set_values['eval_iters'] = value
-    eval_iters_multiplier = 1.0
-
-
-def change_eval_interval(value):
-    global eval_interval_multiplier
-    eval_interval_multiplier *= value
-
-
-def set_eval_interval(value):
-    global eval_interval_multiplier
-    set_values['eval_interval'] = value
-    eval_interval_multiplier = 1.0
-
-
 def check_change(value, _config):
     check_factor(value)
 
 
-def check_set(absolute_check, label, base_key):
-    """The check of set_<label>: the value, and a config value base_key that it can be divided by
-    (set_lr keeps min_lr's ratio to learning_rate, set_warmup_iters lr_decay_iters' to warmup_iters)."""
-    def check(value, _config):
-        absolute_check(value)
-        if globals()[base_key] == 0:
-            raise BadValue(f"cannot set {label}: the config's {base_key} is 0")
-    return check
-
-
-def check_count(value, _config):
+def check_count(value):
     check_int(value, 1)
 
 
-OPERATIONS = {
-    'change_lr': Operation(check_change, change_lr),
-    'set_lr': Operation(check_set(check_factor, 'lr', 'learning_rate'), set_lr),
-    'change_batch_size': Operation(check_change, change_batch_size),
-    'set_batch_size': Operation(check_count, set_batch_size),
-    'change_grad_accum': Operation(check_change, change_grad_accum),
-    'set_grad_accum': Operation(check_count, set_grad_accum),
-    'change_warmup_iters': Operation(check_change, change_warmup_iters),
-    'set_warmup_iters': Operation(check_set(lambda value: check_int(value, 1), 'warmup_iters', 'warmup_iters'),
-                                  set_warmup_iters),
-    'change_eval_iters': Operation(check_change, change_eval_iters),
-    'set_eval_iters': Operation(check_count, set_eval_iters),
-    'change_eval_interval': Operation(check_change, change_eval_interval),
-    'set_eval_interval': Operation(check_count, set_eval_interval),
-}
+def set_warmup_values(value):
+    """set_warmup_iters: warmup_iters = value; lr_decay_iters and the cooldown scaled by the same factor
+    from the config's."""
+    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
+    return [value, lr_decay_iters * value / warmup_iters, cooldown * value / warmup_iters]
 
 
-def reset_lr_schedule(_value):
-    global lr_schedule_offset
-    lr_schedule_offset = iter_of_last_op
+# hyperparameter operations, one row each: change_<setting> multiplies orch.<setting>_multiplier by its
+# value; set_<setting> stores an absolute value in orch.set_values[setting] and resets the multiplier to 1.
+# columns: the setting, the check of set_'s value, what set_ stores (None: the value itself), and the
+# config value that set_'s value is divided by (None: none), which must not be 0
+HYPERPARAMETER_OPS = [
+    ('lr', check_factor, lambda value: [value, min_lr * value / learning_rate], 'learning_rate'),  # min_lr: same ratio
+    ('batch_size', check_count, None, None),
+    ('grad_accum', check_count, None, None),
+    ('warmup_iters', check_count, set_warmup_values, 'warmup_iters'),
+    ('eval_iters', check_count, None, None),
+    ('eval_interval', check_count, None, None),
+]
 
 
-def check_lora_rank(target):
-    def check(value, config):
-        check_factor(value, 0.0, allow_minimum=True)
-        require_lora(config, target)
-        rank = getattr(config, f'{target}_lora_rank')
-        if value > 0 and round(rank * value) == 0:
-            raise BadValue(f"factor {value} rounds {target}_lora_rank {rank} to 0, which would remove the adapters "
-                           f"and train the full weights; to remove LoRA on purpose, give the value 0")
-        per_rank = config.vocab_size + config.n_embd if target == 'embedding' else \
-            config.n_layer * (2 * config.n_embd + 4 * config.n_head * config.head_size)
-        check_new_params(round(getattr(config, f'{target}_lora_rank') * value) * per_rank)
+def check_set(absolute_check, setting, base_key):
+    def check(value, _config):
+        absolute_check(value)
+        if base_key is not None and globals()[base_key] == 0:
+            raise BadValue(f"cannot set {setting}: the config's {base_key} is 0")
     return check
 
 
-def check_lora_op(value, config, null=False):
-    check_null(value) if null else check_factor(value)
-    require_lora(config, 'any')
+def change_op(setting):
+    def apply(value):
+        multiplier = f'{setting}_multiplier'
+        setattr(orch, multiplier, getattr(orch, multiplier) * value)
+    return apply
 
 
-def check_msg_stack(value, config):
-    check_mapping(value, ('layers', 'anneal_iters'), ('init',))
-    layer_map = check_key(value, 'layers', check_layer_map, config.n_layer, block_params(config))
-    if value.get('init', 'copy') not in ('copy', 'random'):
-        raise BadValue(f"init must be 'copy' or 'random', got {describe(value['init'])}")
-    if value.get('init') == 'random' and config.attn_lora_rank:
-        raise BadValue("init 'random' needs attention LoRA off at this point (attn_lora_rank 0): the new layers' "
-                       "random attention weights would be frozen, trained only through the adapters; use init "
-                       "'copy', or remove LoRA first with change_attn_lora_rank value 0")
-    first_seen = [i for n, i in enumerate(layer_map) if i not in layer_map[:n]]
-    if first_seen != list(range(config.n_layer)):
-        raise BadValue(f"layer map {layer_map} must keep every old layer, in order, at its first occurrence "
-                       "(new layers are the repeats), so that the network is unchanged at mask 0")
+def set_op(setting, stored):
+    def apply(value):
+        orch.set_values[setting] = stored(value) if stored is not None else value
+        setattr(orch, f'{setting}_multiplier', 1.0)
+    return apply
 
 
-def check_msg_widen(value, config, size_key):
-    check_mapping(value, ('factor', 'anneal_iters'))
-    check_key(value, 'factor', check_factor, 1.0)
-    per_unit = 2 * config.n_layer * config.n_embd if size_key == 'n_hidden' else \
-        config.vocab_size + config.n_layer * block_params(config) // config.n_embd
-    check_new_params(grown_size(getattr(config, size_key), value['factor']) * per_unit)
-    require_no_lora(config) if size_key == 'n_embd' else None
+def hyperparameter_operations():
+    operations = {}
+    for setting, absolute_check, stored, base_key in HYPERPARAMETER_OPS:
+        operations[f'change_{setting}'] = Operation(check_change, change_op(setting))
+        operations[f'set_{setting}'] = Operation(check_set(absolute_check, setting, base_key), set_op(setting, stored))
+    return operations
 
 
-def check_msg_heads(value, config):
-    check_mapping(value, ('n_new_heads', 'anneal_iters'))
-    check_key(value, 'n_new_heads', check_int, 1)
-    check_new_params(4 * config.n_layer * config.n_embd * (config.n_head + value['n_new_heads']) * config.head_size)
-    if config.attn_lora_rank:
-        raise BadValue("needs attention LoRA off at this point (attn_lora_rank 0)")
+OPERATIONS = hyperparameter_operations()
+
+
+def reset_lr_schedule(_value):
+    orch.lr_schedule_offset = orch.iter_of_last_op
+
+
+# growth operations, each one's check (the value against the model it will meet, and the memory of
+# the parameters it creates) beside its apply: the model changes itself (model.py) and returns the
+# lineage of its parameters
+
+def check_stack_layers(value, config):
+    check_layer_map(value, config.n_layer, block_params(config))
+
+
+def stack_layers(value):
+    return model.stack_layers(check_layer_map(value, model.config.n_layer))
 
 
 def widen_settings(value):
@@ -561,31 +481,23 @@ def check_widen(value, config):
     check_new_params(2 * config.n_layer * config.n_embd * grown_size(config.n_hidden, factor))
 
 
-def check_stack_layers(value, config):
-    check_layer_map(value, config.n_layer, block_params(config))
-
-
-def check_merge_lora(value, config):
-    check_lora_op(value, config, null=True)
-
-
-def check_msg_widen_mlp(value, config):
-    check_msg_widen(value, config, 'n_hidden')
-
-
-def check_msg_widen_embd(value, config):
-    check_msg_widen(value, config, 'n_embd')
-
-
-# growth operations: the model changes itself (model.py) and returns the lineage of its parameters
-
-def stack_layers(value):
-    return model.stack_layers(check_layer_map(value, model.config.n_layer))
-
-
 def widen_mlp(value):
     factor, noise = widen_settings(value)
     return model.widen_mlp(round(model.config.n_hidden * factor), growth_generator(), noise)
+
+
+def check_lora_rank(target):
+    def check(value, config):
+        check_factor(value, 0.0, allow_minimum=True)
+        require_lora(config, target)
+        rank = getattr(config, f'{target}_lora_rank')
+        if value > 0 and round(rank * value) == 0:
+            raise BadValue(f"factor {value} rounds {target}_lora_rank {rank} to 0, which would remove the adapters "
+                           f"and train the full weights; to remove LoRA on purpose, give the value 0")
+        per_rank = config.vocab_size + config.n_embd if target == 'embedding' else \
+            config.n_layer * (2 * config.n_embd + 4 * config.n_head * config.head_size)
+        check_new_params(round(getattr(config, f'{target}_lora_rank') * value) * per_rank)
+    return check
 
 
 def change_lora_rank(target):
@@ -595,25 +507,74 @@ def change_lora_rank(target):
     return apply
 
 
+def check_lora_op(value, config, null=False):
+    check_null(value) if null else check_factor(value)
+    require_lora(config, 'any')
+
+
 def change_lora_alpha(value):
     return model.set_lora_alpha(model.config.lora_alpha * value, growth_generator())
+
+
+def check_merge_lora(value, config):
+    check_lora_op(value, config, null=True)
 
 
 def merge_lora_weights(_value):
     return model.merge_lora(growth_generator())
 
 
+def check_msg_widen(value, config, size_key):
+    check_mapping(value, ('factor', 'anneal_iters'))
+    check_key(value, 'factor', check_factor, 1.0)
+    per_unit = 2 * config.n_layer * config.n_embd if size_key == 'n_hidden' else \
+        config.vocab_size + config.n_layer * block_params(config) // config.n_embd
+    check_new_params(grown_size(getattr(config, size_key), value['factor']) * per_unit)
+    require_no_lora(config) if size_key == 'n_embd' else None
+
+
+def check_msg_widen_mlp(value, config):
+    check_msg_widen(value, config, 'n_hidden')
+
+
 def msg_widen_mlp(value):
     return model.msg_widen_mlp(round(model.config.n_hidden * value['factor']), growth_generator())
+
+
+def check_msg_heads(value, config):
+    check_mapping(value, ('n_new_heads', 'anneal_iters'))
+    check_key(value, 'n_new_heads', check_int, 1)
+    check_new_params(4 * config.n_layer * config.n_embd * (config.n_head + value['n_new_heads']) * config.head_size)
+    if config.attn_lora_rank:
+        raise BadValue("needs attention LoRA off at this point (attn_lora_rank 0)")
 
 
 def msg_add_heads(value):
     return model.msg_add_heads(value['n_new_heads'], growth_generator())
 
 
+def check_msg_stack(value, config):
+    check_mapping(value, ('layers', 'anneal_iters'), ('init',))
+    layer_map = check_key(value, 'layers', check_layer_map, config.n_layer, block_params(config))
+    if value.get('init', 'copy') not in ('copy', 'random'):
+        raise BadValue(f"init must be 'copy' or 'random', got {describe(value['init'])}")
+    if value.get('init') == 'random' and config.attn_lora_rank:
+        raise BadValue("init 'random' needs attention LoRA off at this point (attn_lora_rank 0): the new layers' "
+                       "random attention weights would be frozen, trained only through the adapters; use init "
+                       "'copy', or remove LoRA first with change_attn_lora_rank value 0")
+    first_seen = [i for n, i in enumerate(layer_map) if i not in layer_map[:n]]
+    if first_seen != list(range(config.n_layer)):
+        raise BadValue(f"layer map {layer_map} must keep every old layer, in order, at its first occurrence "
+                       "(new layers are the repeats), so that the network is unchanged at mask 0")
+
+
 def msg_stack_layers(value):
     layer_map = check_layer_map(value['layers'], model.config.n_layer)
     return model.stack_layers(layer_map, growth_generator(), blend=True, init=value.get('init', 'copy'))
+
+
+def check_msg_widen_embd(value, config):
+    check_msg_widen(value, config, 'n_embd')
 
 
 def msg_widen_embd(value):
@@ -725,39 +686,19 @@ def check_fits_in_memory(where):
 
 
 def orchestrator_state():
-    return {k: json.loads(json.dumps(globals()[k])) for k in ORCHESTRATOR_KEYS}
+    return json.loads(json.dumps(asdict(orch)))
 
 
 def load_orchestrator_state(state):
-    """Set every variable of the orchestrator state from a copy of `state` (as orchestrator_state returns it)."""
-    global lr_multiplier, batch_size_multiplier, grad_accum_multiplier, lr_schedule_offset, warmup_iters_multiplier
-    global eval_iters_multiplier, eval_interval_multiplier, set_values, schedule, schedule_position, iter_of_last_op
-    global executed_ops, active_ramp, iter_of_last_growth, evals_since_op
-    state = json.loads(json.dumps(state))
-    lr_multiplier = state['lr_multiplier']
-    batch_size_multiplier = state['batch_size_multiplier']
-    grad_accum_multiplier = state['grad_accum_multiplier']
-    lr_schedule_offset = state['lr_schedule_offset']
-    warmup_iters_multiplier = state['warmup_iters_multiplier']
-    eval_iters_multiplier = state['eval_iters_multiplier']
-    eval_interval_multiplier = state['eval_interval_multiplier']
-    set_values = state.get('set_values', {})  # none in checkpoints of before issue 15, whose set_ ops were ratios
-    schedule = state['schedule']
-    schedule_position = state['schedule_position']
-    iter_of_last_op = state['iter_of_last_op']
-    executed_ops = state['executed_ops']
-    active_ramp = state['active_ramp']
-    iter_of_last_growth = state['iter_of_last_growth']
-    evals_since_op = state['evals_since_op']
+    """The orchestrator state from a copy of `state` (as orchestrator_state returns it); a key it lacks keeps
+    its default (set_values: none in checkpoints of before issue 15, whose set_ ops were ratios)."""
+    global orch
+    orch = Orchestrator(**json.loads(json.dumps(state)))
 
 
 def reset_orchestrator(entries=()):
     """Fresh orchestrator state with the given schedule (tests use this too)."""
-    load_orchestrator_state(dict(
-        lr_multiplier=1.0, batch_size_multiplier=1.0, grad_accum_multiplier=1.0, lr_schedule_offset=0,
-        warmup_iters_multiplier=1.0, eval_iters_multiplier=1.0, eval_interval_multiplier=1.0, set_values={},
-        schedule=list(entries), schedule_position=0, iter_of_last_op=0, executed_ops=[],
-        active_ramp=None, iter_of_last_growth=-1, evals_since_op=[]))
+    load_orchestrator_state(asdict(Orchestrator(schedule=list(entries))))
 
 
 @contextmanager
@@ -784,7 +725,7 @@ def describe_triggers(entry):
 
 def lr_decay_end():
     """The iter at which the lr schedule reaches min_lr."""
-    return lr_schedule_offset + effective_lr_decay_iters()
+    return orch.lr_schedule_offset + effective_lr_decay_iters()
 
 
 def validate_schedule(path, entries, first_index, model_config):
@@ -792,7 +733,6 @@ def validate_schedule(path, entries, first_index, model_config):
     settings it will meet. Returns the plan: one row of effective settings per entry, with a warning
     where the entry, fired as late as it can, moves the end of the lr decay past max_iters (a late
     reset_lr_schedule or change_warmup_iters: the run would end before the lr anneals)."""
-    global iter_of_last_op
     plan = []
     with simulation(model_config):
         check_fits_in_memory('config')
@@ -801,7 +741,7 @@ def validate_schedule(path, entries, first_index, model_config):
             operation = OPERATIONS[entry['name']]
             # the latest iter the entry can fire at: its timeout (every entry before at theirs), or the last eval
             interval = effective_eval_interval()
-            iter_of_last_op = min(max_iters, iter_of_last_op + -(-entry['max_wait_iters'] // interval) * interval)
+            orch.iter_of_last_op = min(max_iters, orch.iter_of_last_op + -(-entry['max_wait_iters'] // interval) * interval)
             decay_end = lr_decay_end()
             try:
                 operation.check(entry['value'], model.config)
@@ -821,7 +761,7 @@ def validate_schedule(path, entries, first_index, model_config):
                                     "large: the sizes it leads to overflow") from None
             warning = None
             if decay_lr and lr_decay_end() != decay_end and lr_decay_end() > max_iters:
-                warning = (f"{path}: entry {index} ({entry['name']}), fired at iter {iter_of_last_op} (the latest "
+                warning = (f"{path}: entry {index} ({entry['name']}), fired at iter {orch.iter_of_last_op} (the latest "
                            f"it can), moves the end of the lr decay to iter {lr_decay_end()}, after max_iters "
                            f"{max_iters}: the run would end before the lr reaches min_lr")
             plan.append(dict(index=index, name=entry['name'], value=entry['value'], fires=describe_triggers(entry),
@@ -833,9 +773,8 @@ def print_plan(plan):
     print(f"plan: {len(plan)} operations")
     for row in plan:
         print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}")
-        print(f"      then peak lr {row['peak_lr']:.3g}, "
-              f"batch {row['batch_size']} x accum {row['grad_accum']}, n_layer {row['n_layer']}, "
-              f"n_head {row['n_head']}, n_embd {row['n_embd']}, n_hidden {row['n_hidden']}, "
+        print(f"      then peak lr {row['peak_lr']:.3g}, batch {row['batch_size']} x accum {row['grad_accum']}, "
+              + ''.join(f"{k} {row[k]}, " for k in ARCH_KEYS) +
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
               f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
         if row['warning']:
@@ -844,7 +783,7 @@ def print_plan(plan):
 
 def check_schedule_matches(entries):
     """On resume with a schedule file: the entries already run must be the file's first entries."""
-    for done in executed_ops:
+    for done in orch.executed_ops:
         index = done['index']
         if index >= len(entries) or any(entries[index].get(k) != done.get(k) for k in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS):
             found = json.dumps(entries[index]) if index < len(entries) else 'nothing'
@@ -852,7 +791,7 @@ def check_schedule_matches(entries):
                                 f"the checkpoint already ran {json.dumps({k: done[k] for k in ENTRY_KEYS})} "
                                 f"at iter {done['iter']}, but the file now has {found} here; "
                                 "resume with the original schedule, or with no scaling_schedule_file")
-    schedule[:] = entries[len(executed_ops):]
+    orch.schedule[:] = entries[len(orch.executed_ops):]
 
 
 # -----------------------------------------------------------------------------
@@ -861,7 +800,7 @@ def check_schedule_matches(entries):
 def loss_slope():
     """Least-squares slope of ln(val loss) against ln(training flops) over the last
     trigger_slope_evals evals since the previous op; None until there are that many."""
-    points = [(math.log(f), math.log(v)) for f, v in evals_since_op if f > 0 and v > 0][-trigger_slope_evals:]
+    points = [(math.log(f), math.log(v)) for f, v in orch.evals_since_op if f > 0 and v > 0][-trigger_slope_evals:]
     if len(points) < max(2, trigger_slope_evals):
         return None
     mean_x = sum(x for x, _ in points) / len(points)
@@ -877,58 +816,55 @@ def trigger_reason(entry, iter_num, val_loss):
         slope = loss_slope()
         if slope is not None and slope > entry['trigger_slope']:
             return 'slope'
-    if iter_num - iter_of_last_op >= entry['max_wait_iters']:
+    if iter_num - orch.iter_of_last_op >= entry['max_wait_iters']:
         return 'timeout'
     return None
 
 
 def record_eval(flops, val_loss):
     """Remember an eval on the grid (before the orchestrator runs) for the slope trigger."""
-    evals_since_op.append([flops, val_loss])
+    orch.evals_since_op.append([flops, val_loss])
 
 
 def ramp_mask(iter_num):
     """The MSG mask at iter_num: 0 at the op, rising linearly to 1 after anneal_iters."""
-    if active_ramp is None:
-        return 1.0
-    return min(1.0, (iter_num - active_ramp['start_iter']) / active_ramp['anneal_iters'])
+    return mask_at(orch.active_ramp, iter_num)
 
 
 def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
     """Run one schedule entry: apply it, record it, log what it changed. on_growth(lineage) rebuilds
     the optimizer and wrappers after a growth op (main() passes it; orchestrator tests need none).
     Returns {setting: [before, after]} for every effective setting it changed."""
-    global schedule_position, iter_of_last_op, active_ramp, iter_of_last_growth, evals_since_op
     operation = OPERATIONS[entry['name']]
     if master_process:
         print("=== SCALING OPERATION TRIGGERED ===")
-        print(f"Operation: {entry['name']} (entry {schedule_position}), value {json.dumps(entry['value'])}")
+        print(f"Operation: {entry['name']} (entry {orch.schedule_position}), value {json.dumps(entry['value'])}")
         if reason == 'loss':
             print(f"Trigger reason: loss. Current val loss {val_loss:.4f} < trigger loss {entry['trigger_loss']}")
         elif reason == 'slope':
             print(f"Trigger reason: slope. d ln(val loss) / d ln(flops) over the last {trigger_slope_evals} evals "
                   f"{loss_slope():.4f} > trigger slope {entry['trigger_slope']}, current val loss {val_loss:.4f}")
         else:
-            print(f"Trigger reason: timeout. Waited {iter_num - iter_of_last_op} iters "
+            print(f"Trigger reason: timeout. Waited {iter_num - orch.iter_of_last_op} iters "
                   f"(max_wait_iters {entry['max_wait_iters']}), current val loss {val_loss:.4f}")
-    iter_of_last_op = iter_num
-    evals_since_op = []
+    orch.iter_of_last_op = iter_num
+    orch.evals_since_op = []
     before = effective_settings() if model is not None else {}
     started = time.time()
     lineage = operation.apply(entry['value'])
     if operation.grows:
-        iter_of_last_growth = iter_num
+        orch.iter_of_last_growth = iter_num
         if on_growth is not None:
             on_growth(lineage)
     if operation.ramp:
-        active_ramp = dict(name=entry['name'], start_iter=iter_num, anneal_iters=entry['value']['anneal_iters'])
+        orch.active_ramp = dict(name=entry['name'], start_iter=iter_num, anneal_iters=entry['value']['anneal_iters'])
         model.set_growth_mask(0.0)
     seconds = time.time() - started
     after = effective_settings() if model is not None else {}
     changes = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
-    schedule.pop(0)
-    executed_ops.append(dict(entry, index=schedule_position, iter=iter_num, reason=reason))
-    schedule_position += 1
+    orch.schedule.pop(0)
+    orch.executed_ops.append(dict(entry, index=orch.schedule_position, iter=iter_num, reason=reason))
+    orch.schedule_position += 1
     if master_process:
         for key, (old, new) in changes.items():
             print(f"New {key}: {old} -> {new}")
@@ -936,7 +872,7 @@ def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
             print(f"Growth policy: optimizer state '{growth_optimizer_state}', "
                   f"lr re-warmup {growth_lr_rewarm_iters} iters; op took {seconds:.3f}s")
         if operation.ramp:
-            print(f"MSG mask ramps 0 -> 1 over {active_ramp['anneal_iters']} iters")
+            print(f"MSG mask ramps 0 -> 1 over {orch.active_ramp['anneal_iters']} iters")
         print("=== SCALING OPERATION COMPLETE ===")
     return changes
 
@@ -947,14 +883,14 @@ def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_ev
     when an operation changed the model's function and its loss was not measured again. Such an
     operation also restarts the best val loss, which belonged to a function the model no longer computes."""
     measured = True
-    while schedule:
-        entry = schedule[0]
+    while orch.schedule:
+        entry = orch.schedule[0]
         reason = trigger_reason(entry, iter_num, val_loss)
         if reason is None:
             break
-        if OPERATIONS[entry['name']].grows and active_ramp is not None:
+        if OPERATIONS[entry['name']].grows and orch.active_ramp is not None:
             if master_process:
-                print(f"orchestrator: {entry['name']} waits for the {active_ramp['name']} mask ramp to finish")
+                print(f"orchestrator: {entry['name']} waits for the {orch.active_ramp['name']} mask ramp to finish")
             break
         changes = execute_operation(entry, reason, iter_num, val_loss, on_growth)
         val_loss_after = reevaluate() if entry['reevaluate'] and reevaluate is not None else None
@@ -963,7 +899,7 @@ def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_ev
         if log_event is not None:
             log_event(dict(event='op', iter=iter_num, name=entry['name'], value=entry['value'], reason=reason,
                            val_loss_before=val_loss, val_loss_after=val_loss_after,
-                           index=schedule_position - 1, changes=changes,
+                           index=orch.schedule_position - 1, changes=changes,
                            optimizer_policy=growth_optimizer_state if OPERATIONS[entry['name']].grows else None))
         if not OPERATIONS[entry['name']].keeps_function:
             progress['best_val_loss'] = 1e9
@@ -976,8 +912,7 @@ def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_ev
 def advance_ramp(iter_num):
     """Set the model's MSG mask for this iteration; fold it away once it reaches 1.
     Returns True when the model's structure changed (wrappers must be rebuilt)."""
-    global active_ramp
-    if active_ramp is None:
+    if orch.active_ramp is None:
         return False
     mask = ramp_mask(iter_num)
     if mask < 1.0:
@@ -986,8 +921,8 @@ def advance_ramp(iter_num):
     model.set_growth_mask(1.0)
     model.fold_ramp()
     if master_process:
-        print(f"orchestrator: {active_ramp['name']} mask reached 1 at iter {iter_num}, folded away")
-    active_ramp = None
+        print(f"orchestrator: {orch.active_ramp['name']} mask reached 1 at iter {iter_num}, folded away")
+    orch.active_ramp = None
     return True
 
 
@@ -1198,56 +1133,6 @@ class EventLog:
                                 if is_number(v)}, step=event['iter'])
 
 
-def carried_moment(moment, dim, index, fill):
-    """A new moment tensor whose slice i along dim is moment's slice index[i], or `fill` where
-    index[i] is -1 (a fresh slice). One copy: the leading slices that stay where they were are
-    copied as one block, and only the rest is gathered (a gather across columns is slow)."""
-    n_kept = int((index == torch.arange(len(index))).cumprod(0).sum())
-    rest = index[n_kept:]
-    parts = [moment.narrow(dim, 0, n_kept)]
-    if len(rest):
-        fresh = rest < 0
-        shape = list(moment.shape)
-        shape[dim] = len(rest)
-        if bool(fresh.all()):
-            tail = moment.new_empty(shape).fill_(fill)
-        else:
-            tail = moment.index_select(dim, rest.clamp(min=0).to(moment.device))
-            if bool(fresh.any()):
-                tail.index_fill_(dim, fresh.nonzero().flatten().to(moment.device), fill)
-        parts.append(tail)
-    return torch.cat(parts, dim)
-
-
-def carry_optimizer_state(old_states, new_optimizer, lineage):
-    """Copy AdamW's exp_avg / exp_avg_sq / step from the old parameters into the new optimizer,
-    following the lineage (see model.py). Fresh slices get exp_avg 0 and the source tensor's mean
-    exp_avg_sq (so their first steps are not oversized); fresh tensors start with no state.
-    Returns how many tensors carried state over."""
-    carried = 0
-    taken = set()  # old tensors whose moments a new parameter took as they are (no copy); later ones copy
-    names = {p: name for name, p in model.named_parameters()}
-    for group in new_optimizer.param_groups:
-        for p in group['params']:
-            old_name, dim, index = lineage[names[p]]
-            old = old_states.get(old_name)
-            if not old:
-                continue
-            state = {'step': old['step'].clone()}
-            for key in ('exp_avg', 'exp_avg_sq'):
-                moment = old[key]
-                if index is not None:
-                    fill = moment.new_zeros(()) if key == 'exp_avg' else moment.mean()
-                    moment = carried_moment(moment, dim, index, fill)
-                elif old_name in taken:
-                    moment = moment.clone()
-                state[key] = moment
-            taken.add(old_name)
-            new_optimizer.state[p] = state
-            carried += 1
-    return carried
-
-
 # -----------------------------------------------------------------------------
 # the run: module globals (nanoGPT style) so that a growth op can rebuild what wraps the model
 
@@ -1356,8 +1241,8 @@ def check_inputs():
         load_orchestrator_state(checkpoint['orchestrator'])
         if scaling_schedule_file:
             check_schedule_matches(load_schedule_file(scaling_schedule_file))
-    plan = validate_schedule(scaling_schedule_file or f"{out_dir}/ckpt.pt (stored schedule)", schedule,
-                             schedule_position, model_config)
+    plan = validate_schedule(scaling_schedule_file or f"{out_dir}/ckpt.pt (stored schedule)", orch.schedule,
+                             orch.schedule_position, model_config)
     return model_config, checkpoint, plan
 
 
@@ -1430,7 +1315,7 @@ def rebuild_after_growth(lineage):
     growth_optimizer_state), ranks checked to agree, new wrappers."""
     old_states = {optimizer_names[p]: state for p, state in optimizer.state.items()}
     build_optimizer()
-    carried = carry_optimizer_state(old_states, optimizer, lineage) if growth_optimizer_state == 'carry' else 0
+    carried = carry_optimizer_state(model, old_states, optimizer, lineage) if growth_optimizer_state == 'carry' else 0
     if ddp and check_rank_consistency:
         assert_ranks_agree()
     wrap_model()
@@ -1448,7 +1333,7 @@ def write_checkpoint(config, wandb_run):
     if master_process:
         checkpoint = dict(model=model.state_dict(), model_args=asdict(model.config),
                           optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), config=config,
-                          orchestrator=orchestrator_state(), rng=rng,
+                          orchestrator=orchestrator_state(), growth_mask=ramp_mask(progress['iter_num']), rng=rng,
                           wandb_run_id=wandb_run.id if wandb_run is not None else '', **progress)
         print(f"saving checkpoint to {out_dir}")
         save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
@@ -1466,14 +1351,13 @@ def reevaluate_val_loss():
 
 
 def eval_event(losses, elapsed_s):
-    c = model.config
     it = progress['iter_num']
     return dict(event='eval', iter=it, tokens=progress['tokens'], train_loss=losses['train'],
                 val_loss=losses['val'], lr=get_lr(it), batch_size=effective_batch_size(),
                 grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
                 eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
-                lr_decay_iters=effective_lr_decay_iters(), n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
-                n_hidden=c.n_hidden, params=model.get_num_params(), flops=progress['flops'],
+                lr_decay_iters=effective_lr_decay_iters(), **{k: getattr(model.config, k) for k in ARCH_KEYS},
+                params=model.get_num_params(), flops=progress['flops'],
                 eval_flops=progress['eval_flops'], mask=ramp_mask(it), elapsed_s=elapsed_s)
 
 

@@ -366,7 +366,7 @@ def test_valid_schedule_passes(tmp_path, tiny, entries, config, shape):
     plan = check_schedule(write_entries(tmp_path, 'yaml', entries), variant(TINY, **config))
     assert [row['index'] for row in plan] == list(range(len(entries)))
     assert (plan[-1]['n_layer'], plan[-1]['n_hidden'], plan[-1]['n_embd']) == shape
-    assert train.model is None and train.batch_size_multiplier == 1.0  # the walk left nothing behind
+    assert train.model is None and train.orch.batch_size_multiplier == 1.0  # the walk left nothing behind
 
 
 # -----------------------------------------------------------------------------
@@ -609,6 +609,7 @@ CLI_CASES = [cli_case_schedule, cli_case_schedule_memory, cli_case_config, cli_c
 
 
 @pytest.mark.parametrize('case', CLI_CASES, ids=[c.__name__[len('cli_case_'):] for c in CLI_CASES])
+@pytest.mark.slow
 def test_command_line_refuses_and_touches_nothing(tmp_path, case):
     data = str(tmp_path / 'data')
     write_char_data(data, n_chars=5000)
@@ -637,6 +638,7 @@ def test_command_line_refuses_and_touches_nothing(tmp_path, case):
     assert {name: file_state(out_dir / name) for name in os.listdir(out_dir)} == before
 
 
+@pytest.mark.slow
 def test_command_line_refuses_without_creating_out_dir(tmp_path):
     data = str(tmp_path / 'data')
     write_char_data(data, n_chars=5000)
@@ -671,6 +673,7 @@ def changed_checkpoint(written_checkpoint, tmp_path, change):
 
 
 @pytest.mark.parametrize('key', ['scaler', 'next_eval_iter', 'tokens', 'wandb_run_id', 'orchestrator.executed_ops'])
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_without_a_key_it_needs(written_checkpoint, tmp_path, key):
     """Once refused with a KeyError traceback, after the model was built."""
     parent, _, name = key.rpartition('.')
@@ -678,6 +681,7 @@ def test_resume_from_a_checkpoint_without_a_key_it_needs(written_checkpoint, tmp
     assert refused(train.load_checkpoint, path) == f"{path}: not a checkpoint of this train.py: missing '{key}'"
 
 
+@pytest.mark.slow
 def test_resume_with_fewer_ddp_processes_than_wrote_the_checkpoint(written_checkpoint, tmp_path):
     """A checkpoint of 2 processes resumed by 1: refused in one line naming both sizes (it once went on,
     silently, with rank 0's data order alone)."""
@@ -688,6 +692,7 @@ def test_resume_with_fewer_ddp_processes_than_wrote_the_checkpoint(written_check
                                                      "resumed with 1; resume with 2 (each one continues its own data order)\n")
 
 
+@pytest.mark.slow
 def test_resume_with_more_ddp_processes_than_wrote_the_checkpoint(written_checkpoint, tiny, monkeypatch):
     """A checkpoint of 1 process resumed by 2 once stopped with an IndexError traceback on rank 1."""
     for key, value in dict(init_from='resume', out_dir=str(written_checkpoint / 'out'), ddp_world_size=2,

@@ -57,6 +57,7 @@ def test_lower_hull_is_the_falling_convex_envelope():
     assert lower_hull([(1e12, 1.5), (2e12, 1.7)]) == [(pytest.approx(1e12), 1.5)]
 
 
+@pytest.mark.slow
 def test_a_cooldown_branch_is_its_budget_run_bit_for_bit(tmp_path):
     """The stable phase run once (segments to iters 32 and 48, decay at 60), the 40 and 60 iter
     budgets' cooldowns resumed from it, against a separate wsd run of 40 and of 60 iters."""
@@ -110,6 +111,7 @@ def tiny_bench(tmp_path, sizes_rows, extra=()):
 SIZES = "- {name: small, n_layer: 1, n_hidden: 32, learning_rate: 0.003}\n- {n_layer: 2, learning_rate: 0.001}\n"
 
 
+@pytest.mark.slow
 def test_bench_growth_tiny(tmp_path):
     command, out, report = tiny_bench(tmp_path, SIZES, ['--jobs=2'])
     # the sizes alone first; the full benchmark then keeps them and runs only what the growth budget adds
@@ -185,6 +187,7 @@ def test_bench_growth_tiny(tmp_path):
     assert os.path.getsize(picture) > 10_000
 
 
+@pytest.mark.slow
 def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
     command, out, _ = tiny_bench(tmp_path, SIZES, ['--lr_sweep=0.5,2', '--sweep_budget=1', '--jobs=2'])
     lines = run(command).strip().splitlines()
@@ -206,6 +209,7 @@ def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
     ("- {n_layer: 3, learning_rate: 0.001}\n", "no size has the schedule's final architecture"),
     ("- {n_layer: 2, learning_rate: 0.001}\n- {n_layer: 2, learning_rate: 0.002}\n", "two sizes share a name"),
 ])
+@pytest.mark.slow
 def test_a_bad_sizes_table_is_one_line(tmp_path, rows, message):
     command, _, _ = tiny_bench(tmp_path, rows)
     result = subprocess.run([sys.executable, *command], cwd=REPO, env=train_env(), capture_output=True, text=True,
@@ -215,6 +219,7 @@ def test_a_bad_sizes_table_is_one_line(tmp_path, rows, message):
     assert str(tmp_path / 'sizes.yaml') in result.stderr
 
 
+@pytest.mark.slow
 def test_plot_run_refuses_a_folder_without_events(tmp_path):
     result = subprocess.run([sys.executable, 'plot_run.py', str(tmp_path)], cwd=REPO, capture_output=True,
                             text=True, timeout=60)

@@ -22,6 +22,8 @@ import train
 from helpers import (NAN_TRAIN, TORCHRUN, assert_same_state, describe_run, read_events, run_train, skipped_steps,
                      start_train, train_env, trained_runs, wait_for_line, worker_pids, write_schedule)
 
+pytestmark = pytest.mark.slow  # every test here runs train.py or another script as a subprocess
+
 SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval every 10 iters
     ('change_lr', 0.5, 0.0, 10, False),  # iter 10
     ('stack_layers', 2, 0.0, 10, True),  # iter 20
@@ -52,7 +54,7 @@ sys.path.insert(0, os.getcwd())
 import torch
 import train
 
-train.growth_generator = lambda: torch.Generator().manual_seed(train.seed + train.iter_of_last_op + train.ddp_rank)
+train.growth_generator = lambda: torch.Generator().manual_seed(train.seed + train.orch.iter_of_last_op + train.ddp_rank)
 train.run_from_command_line(sys.argv[1:])
 '''
 

@@ -26,6 +26,8 @@ import train
 from helpers import (NAN_TRAIN, assert_same_state, describe_run, file_state, read_events, run_train, skipped_steps,
                      start_train, train_args, train_env, trained_runs, wait_for_line, without_elapsed)
 
+pytestmark = pytest.mark.slow  # every test here runs train.py or another script as a subprocess
+
 MAX_ITERS = 70
 SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval every 10 iters
     ('change_lr', 0.5, 0.0, 10, False),  # iter 10

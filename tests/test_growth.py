@@ -4,7 +4,7 @@ Growth operations (issues 3 and 4) on tiny CPU models, fp32, dropout 0:
   and off and with LoRA adapters perturbed to non-zero values; MSG ops at mask 0, their folded
   model equals the masked one at mask 1, and at mask 0.5 the mask does something;
 - stack_layers (which changes the function): the exact structure, weights and lineage;
-- AdamW state carried through the lineage by train.carry_optimizer_state; weight-decay groups;
+- AdamW state carried through the lineage by model.carry_optimizer_state; weight-decay groups;
 - widened replicas diverge under training, and the loss falls after each op;
 - the FLOPs accounting against a hand computation;
 - torch.compile across a growth op; a checkpoint round trip after growth, mid-ramp too;
@@ -22,7 +22,7 @@ import torch
 import train
 from helpers import (SHAKESPEARE, describe_run, entry, read_events, run_train, train_args, write_char_data,
                      write_schedule)
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, carry_optimizer_state
 
 TOL = 1e-5
 VOCAB, BLOCK = 32, 16
@@ -267,12 +267,7 @@ def carried_optimizer(model, old, lineage):
     """A new AdamW for the grown model, the old states (by name) carried through the lineage as
     train.py does. Returns (new optimizer, carried count)."""
     new_optimizer = adamw(model)
-    train.model = model
-    try:
-        carried = train.carry_optimizer_state(old, new_optimizer, lineage)
-    finally:
-        train.model = None
-    return new_optimizer, carried
+    return new_optimizer, carry_optimizer_state(model, old, new_optimizer, lineage)
 
 
 def grow_with_state(model, op, optimizer=None, steps=3):
@@ -668,6 +663,7 @@ def test_checkpoint_round_trip_after_growth(case):
 
 # ------------------------------------------------------------------ 8. end to end through train.py
 
+@pytest.mark.slow
 def test_train_run_with_growth_schedule(tmp_path):
     vocab = write_char_data(tmp_path / 'data')
     schedule = [
@@ -753,6 +749,7 @@ def best_match_cosine(fc_weight, n_old):
     return (new @ old.T).max(1).values.mean().item()
 
 
+@pytest.mark.slow
 def test_widen_noise_in_a_real_run_makes_replicas_learn_apart(tmp_path):
     write_char_data(tmp_path / 'data')
     cosines, ops = {}, {}

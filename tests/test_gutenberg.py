@@ -56,6 +56,7 @@ def test_header_footer_cut_and_split_by_book(tmp_path):
     assert len(train) == len((unix[11] + "\n\n" + unix[12]).encode("utf-8")) == 109
 
 
+@pytest.mark.slow
 def test_book_without_markers_is_refused(tmp_path):
     books, out = str(tmp_path / "books"), str(tmp_path / "out")
     tsv = write_books(books)
@@ -68,6 +69,7 @@ def test_book_without_markers_is_refused(tmp_path):
     assert not os.path.exists(os.path.join(out, "meta.pkl"))
 
 
+@pytest.mark.slow
 def test_missing_book_and_empty_split_are_refused(tmp_path):
     books, out = str(tmp_path / "books"), str(tmp_path / "out")
     tsv = write_books(books)
@@ -125,6 +127,7 @@ def test_download_is_resumable_and_polite(tmp_path, monkeypatch):
     assert fetched == []
 
 
+@pytest.mark.slow
 def test_no_input_and_no_network_is_one_line(tmp_path):
     tsv = write_books(str(tmp_path / "source"))
     result = run(PREPARE, "--books", tsv, "--books_dir", str(tmp_path / "dl"), "--out_dir", str(tmp_path / "out"),

@@ -75,19 +75,16 @@ class HFLoss(torch.nn.Module):
 def eval_losses(model, monkeypatch, data, block_size):
     """train.estimate_loss on the run's fixed eval batches (TINY's batch size and eval iters)."""
     for key, value in dict(data_dir=str(data), block_size=block_size, batch_size=TINY['batch_size'],
-                           eval_iters=TINY['eval_iters'], eval_iters_multiplier=1.0, device='cpu').items():
+                           eval_iters=TINY['eval_iters'], device='cpu').items():
         monkeypatch.setattr(train, key, value)
+    monkeypatch.setattr(train, 'orch', train.Orchestrator())  # multipliers 1
     return train.estimate_loss(model, nullcontext(), 0, False)
 
 
 def load_run_model(out):
-    """sample.py's model of a run's checkpoint (train's orchestrator globals put back afterwards)."""
+    """sample.py's model of a run's checkpoint."""
     checkpoint = train.load_checkpoint(str(out / 'ckpt.pt'))
-    saved = train.orchestrator_state()
-    try:
-        return export_hf.load_model(checkpoint).eval(), checkpoint
-    finally:
-        train.load_orchestrator_state(saved)
+    return GPT.from_checkpoint(checkpoint).eval(), checkpoint
 
 
 def export(out, hf_dir, tokenizer_from=''):
@@ -251,6 +248,7 @@ def test_missing_transformers_is_one_message(hf_run, monkeypatch, hf_folder, tmp
     assert refused(export_hf.export, str(tmp_path), str(tmp_path / 'hf')) == missing  # before anything else
 
 
+@pytest.mark.slow
 def test_train_from_import_and_stack(tmp_path, monkeypatch, data, hf_folder):
     """train.py --init_from=FOLDER: the first eval is transformers' own loss on the eval batches; stack_layers
     at iter 10 logs the val loss of the stacked model (the checkpoint's, re-evaluated here); the run
@@ -296,6 +294,7 @@ EXPORT_RUNS = {
 
 
 @pytest.mark.parametrize('case', list(EXPORT_RUNS))
+@pytest.mark.slow
 def test_export_matches_our_logits(tmp_path, data, case):
     settings, entries, (n_layer, n_hidden, n_inner, activation) = EXPORT_RUNS[case]
     out = tmp_path / 'out'
@@ -328,6 +327,7 @@ def test_export_matches_our_logits(tmp_path, data, case):
         assert max_diff(our_logits(bare, idx), our_logits(model, idx)) > 10 * TOLERANCE
 
 
+@pytest.mark.slow
 def test_export_refusals(tmp_path, data):
     """A mask ramp still rising, then (ramp folded) heads added by msg_add_heads: refused, nothing written."""
     heads = {'n_new_heads': 1, 'anneal_iters': 100}
@@ -358,6 +358,7 @@ def test_export_refusals(tmp_path, data):
     assert not os.path.exists(tmp_path / 'hf')
 
 
+@pytest.mark.slow
 def test_round_trip_and_tokenizer(tmp_path, data):
     """import -> train.py (lr 0: the weights stay) -> export_hf.py -> import: the same weights, bit for bit.
     The run's data is tagged GPT-2 BPE and its source folder holds tokenizer files: they are exported."""

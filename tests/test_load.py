@@ -4,9 +4,12 @@ op fired exactly once and in order, and the event log complete (an eval event at
 the ops of an eval step right after it).
 """
 
+import pytest
 import torch
 
 from helpers import describe_run, entry, read_events, run_train, train_args, write_char_data, write_schedule
+
+pytestmark = pytest.mark.slow  # every test here runs train.py or another script as a subprocess
 
 N_GROUPS = 50  # 4 entries each; group g fires at iter 2 * (g + 1), the eval grid being every 2 iters
 ROTATION = [('set_batch_size', 8, {'batch_size': [4, 8]}), ('set_batch_size', 4, {'batch_size': [8, 4]}),

@@ -79,6 +79,7 @@ SCHEDULE = [  # eval every 10 iters
 ]
 
 
+@pytest.mark.slow
 def test_bf16_run_with_growth_and_an_msg_ramp(tmp_path):
     runs = trained_runs(tmp_path, SCHEDULE, max_iters=50, dtype='bfloat16')
     result = run_train(runs['args'](tmp_path / 'out'))

@@ -127,6 +127,7 @@ def gpt2():
 # char level
 
 
+@pytest.mark.slow
 def test_char_small_text(tmp_path):
     src = write(tmp_path / "small.txt", SMALL)
     out = tmp_path / "out"
@@ -142,6 +143,7 @@ def test_char_small_text(tmp_path):
     assert sorted(os.listdir(out)) == ["meta.pkl", "train.bin", "val.bin"]
 
 
+@pytest.mark.slow
 def test_generic_char_matches_shakespeare_char(tmp_path):
     src = write(tmp_path / "small.txt", SMALL)
     run_ok(CHAR, "--input", src, "--out_dir", str(tmp_path / "a"))
@@ -150,6 +152,7 @@ def test_generic_char_matches_shakespeare_char(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_char_folder_streams_in_small_chunks(tmp_path):
     folder = make_corpus(tmp_path)
     small = ["--tokenizer", "char", "--chunk_chars", "3"]
@@ -167,6 +170,7 @@ def test_char_folder_streams_in_small_chunks(tmp_path):
         assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "big" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_val_fraction(tmp_path):
     src = write(tmp_path / "small.txt", SMALL)
     run_ok(TEXT, "--input", src, "--out_dir", str(tmp_path), "--tokenizer", "char", "--val_fraction", "0.25")
@@ -176,6 +180,7 @@ def test_val_fraction(tmp_path):
 
 
 @pytest.mark.parametrize("script", [CHAR, TEXT])
+@pytest.mark.slow
 def test_runs_from_its_own_folder(tmp_path, script):
     src = write(tmp_path / "small.txt", SMALL)
     extra = ["--tokenizer", "char"] if script == TEXT else []
@@ -186,6 +191,7 @@ def test_runs_from_its_own_folder(tmp_path, script):
 
 
 @needs_shakespeare
+@pytest.mark.slow
 def test_tiny_shakespeare_char(tmp_path):
     result = run_ok(CHAR, "--input", SHAKESPEARE, "--out_dir", str(tmp_path))
     train, val, meta = load(tmp_path)
@@ -200,6 +206,7 @@ def test_tiny_shakespeare_char(tmp_path):
 
 
 @needs_gpt2
+@pytest.mark.slow
 def test_gpt2_small_text(tmp_path):
     src = write(tmp_path / "small.txt", SMALL)
     run_ok(BPE, "--input", src, "--out_dir", str(tmp_path / "out"))
@@ -211,6 +218,7 @@ def test_gpt2_small_text(tmp_path):
 
 
 @needs_gpt2
+@pytest.mark.slow
 def test_gpt2_folder_streams_in_small_chunks(tmp_path):
     folder = make_corpus(tmp_path)
     run_ok(TEXT, "--input", folder, "--out_dir", str(tmp_path), "--tokenizer", "gpt2", "--chunk_chars", "5")
@@ -223,6 +231,7 @@ def test_gpt2_folder_streams_in_small_chunks(tmp_path):
 
 @needs_gpt2
 @needs_shakespeare
+@pytest.mark.slow
 def test_tiny_shakespeare_gpt2(tmp_path):
     run_ok(BPE, "--input", SHAKESPEARE, "--out_dir", str(tmp_path))
     train, val, _ = load(tmp_path)
@@ -256,6 +265,7 @@ def test_safe_cut():
     assert prepare_lib.safe_cut("") == 0
 
 
+@pytest.mark.slow
 def test_gpt2_not_cached_is_a_clear_error(tmp_path):
     src = write(tmp_path / "small.txt", SMALL)
     empty_cache = tmp_path / "cache"
@@ -277,6 +287,7 @@ def check_error(result, message):
     assert f"error: {message}" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_missing_input_path(tmp_path):
     missing = str(tmp_path / "nope")
     check_error(run(TEXT, "--input", missing, "--out_dir", str(tmp_path), "--tokenizer", "char"),
@@ -284,6 +295,7 @@ def test_missing_input_path(tmp_path):
     check_error(run(CHAR, "--input", missing, "--out_dir", str(tmp_path)), f"--input {missing} is not a file")
 
 
+@pytest.mark.slow
 def test_folder_without_txt_files(tmp_path):
     folder = tmp_path / "corpus"
     write(folder / "readme.md", "no txt here")
@@ -291,6 +303,7 @@ def test_folder_without_txt_files(tmp_path):
                 f"no .txt files in folder {folder}")
 
 
+@pytest.mark.slow
 def test_empty_text(tmp_path):
     folder = tmp_path / "corpus"
     write(folder / "a.txt", "")
@@ -299,6 +312,7 @@ def test_empty_text(tmp_path):
                 "the input holds no text")
 
 
+@pytest.mark.slow
 def test_text_too_short_to_split(tmp_path):
     src = write(tmp_path / "short.txt", "hi\n")  # int(3 * 0.5) = 1 train character, 2 val
     half = ["--tokenizer", "char", "--val_fraction", "0.5"]
@@ -308,6 +322,7 @@ def test_text_too_short_to_split(tmp_path):
                 "too little text (1 characters) to split with val_fraction 0.1")
 
 
+@pytest.mark.slow
 def test_bad_val_fraction(tmp_path):
     src = write(tmp_path / "small.txt", SMALL)
     args = ["--out_dir", str(tmp_path), "--tokenizer", "char", "--val_fraction", "1"]
@@ -315,12 +330,14 @@ def test_bad_val_fraction(tmp_path):
     check_error(result, "val_fraction must be between 0 and 1, got 1.0")
 
 
+@pytest.mark.slow
 def test_vocab_too_big_for_uint16(tmp_path):
     src = write(tmp_path / "wide.txt", "".join(map(chr, range(0x10000, 0x20000))))
     check_error(run(TEXT, "--input", src, "--out_dir", str(tmp_path), "--tokenizer", "char"),
                 "65536 distinct characters, more than a uint16 token id can hold (65535)")
 
 
+@pytest.mark.slow
 def test_not_utf8(tmp_path):
     src = tmp_path / "latin1.txt"
     src.write_bytes("café\n".encode("latin-1"))
@@ -329,6 +346,7 @@ def test_not_utf8(tmp_path):
 
 
 @pytest.mark.parametrize("script", [CHAR, BPE])
+@pytest.mark.slow
 def test_offline_without_input_asks_for_it(tmp_path, script):
     result = run(script, "--out_dir", str(tmp_path))
     check_error(result, "could not download https://raw.githubusercontent.com/karpathy/char-rnn/")

@@ -14,6 +14,8 @@ import torch
 
 from helpers import describe_run, entry, read_events, run_train, trained_runs, write_schedule
 
+pytestmark = pytest.mark.slow  # every test here runs train.py or another script as a subprocess
+
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):

@@ -24,6 +24,8 @@ from helpers import (assert_same_state, describe_run, entry, file_state, read_ev
                      without_elapsed, write_schedule)
 from model import GPT, GPTConfig
 
+pytestmark = pytest.mark.slow  # every test here runs train.py or another script as a subprocess
+
 N = 120
 SCHEDULE = [  # (name, value, trigger_loss, max_wait_iters, reevaluate); eval every 10 iters
     ('change_lr', 0.5, 10.0, 0, False),  # iter 0, by loss
@@ -175,7 +177,7 @@ def test_checkpoint_is_plain_types(runs):
     checkpoint = load(runs['half'] / 'ckpt.pt')
     assert set(checkpoint) == {'model', 'model_args', 'optimizer', 'scaler', 'iter_num', 'tokens', 'flops',
                                'eval_flops', 'best_val_loss', 'next_eval_iter', 'config', 'orchestrator', 'rng',
-                               'wandb_run_id'}
+                               'wandb_run_id', 'growth_mask'}
     assert (checkpoint['iter_num'], checkpoint['next_eval_iter'], checkpoint['tokens']) == (60, 70, 60 * 4 * 32)
     orchestrator = checkpoint['orchestrator']
     assert orchestrator['schedule_position'] == 5 and orchestrator['iter_of_last_op'] == 60
@@ -196,9 +198,10 @@ def test_grown_checkpoint_rebuilds_the_model(runs, monkeypatch):
     model.load_state_dict(checkpoint['model'])
     assert model.get_num_params() == read_events(runs['full'])[-1]['params'] - 2 * 2 * 32 * (480 - 384)
     model.set_growth_mask(0.5)  # (60 - 40) / 40
-    for key, value in dict(data_dir=str(runs['data']), block_size=32, batch_size=4, eval_iters=2, device='cpu',
-                           eval_iters_multiplier=1.0).items():
+    for key, value in dict(data_dir=str(runs['data']), block_size=32, batch_size=4, eval_iters=2,
+                           device='cpu').items():
         monkeypatch.setattr(train, key, value)
+    monkeypatch.setattr(train, 'orch', train.Orchestrator())  # multipliers 1
     losses = train.estimate_loss(model, nullcontext(), 0, False)
     logged = [e for e in read_events(runs['full']) if e['event'] == 'eval' and e['iter'] == 60][0]
     assert losses['val'] == pytest.approx(logged['val_loss'], abs=1e-6)

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import sample
 import train
 from helpers import REPO, SHAKESPEARE, read_events, run_train, train_args, train_env, write_char_data, write_schedule
+from model import GPT
 from test_prepare import gpt2_cached
+
+pytestmark = pytest.mark.slow  # every test here runs train.py or another script as a subprocess
 
 # stack to 2 layers and widen the MLP 128 -> 256 at iter 10, MSG-widen it to 384 at iter 20 (mask 0.1 at 30)
 GROWTH = [('stack_layers', 2, 0.0, 10, False),
@@ -70,15 +72,11 @@ def test_sample_from_a_grown_checkpoint(grown_run):
 
 
 def test_sample_rebuilds_the_trained_model(grown_run, monkeypatch):
-    """sample.load_model gives the model the run had at its last eval: 2 layers, MLP 384 with 128
+    """GPT.from_checkpoint (sample.py's model) gives the model the run had at its last eval: 2 layers, MLP 384 with 128
     units still masked at 0.1, LoRA on; its val loss on the run's fixed eval batches is the one logged."""
     data, out, _ = grown_run
     checkpoint = train.load_checkpoint(str(out / 'ckpt.pt'))
-    saved = train.orchestrator_state()
-    try:
-        model = sample.load_model(checkpoint)
-    finally:
-        train.load_orchestrator_state(saved)
+    model = GPT.from_checkpoint(checkpoint)
     c = model.config
     assert (c.n_layer, c.n_hidden, c.attn_lora_rank, c.ramp) == (2, 384, 4, {'kind': 'mlp', 'n_unmasked': 256})
     assert model.growth_mask.item() == pytest.approx(0.1)  # (30 - 20) / 100

@@ -57,6 +57,7 @@ def test_a_new_run_starts_a_new_wandb_run(logging_settings, monkeypatch):
     assert calls == [dict(project='p', name='n', config={'k': 1}, id=None, resume=None)]
 
 
+@pytest.mark.slow
 def test_offline_wandb_run_stopped_and_resumed(tmp_path):
     """The real wandb (offline): the resumed run keeps the run id and rewinds without an error."""
     pytest.importorskip('wandb')
