@@ -373,7 +373,7 @@ def apply_for_real(settings, schedule, steps_before, data_dir, out_dir):
         batch = torch.randint(0, model_config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
         for index, entry in enumerate(list(schedule)):
             operation = train.OPERATIONS[entry['name']]
-            while operation.grows and train.active_ramp is not None:  # main() holds growth while a mask rises
+            while operation.grows and train.orch.active_ramp is not None:  # main() holds growth while a mask rises
                 training_step()
             for _ in range(steps_before[index]):
                 training_step()
