@@ -27,11 +27,11 @@ n_embd = 64
 n_hidden = 256
 dropout = 0.0
 
-learning_rate = 2e-3
+learning_rate = 4e-3  # the 4-layer sweep at 0.5 x F_ref: 0.002 / 0.004 / 0.008 -> 1.7636 / 1.7267 / 1.7415
 lr_schedule = 'wsd'  # warmup, the peak lr until the last fifth, then a 1 - sqrt cooldown to min_lr
 max_iters = 12000
 lr_decay_iters = 12000
-min_lr = 2e-4
+min_lr = 4e-4
 beta2 = 0.99
 warmup_iters = 200
 
