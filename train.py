@@ -1148,8 +1148,13 @@ nonfinite_in_a_row = 0  # non-finite steps skipped in a row (skip_nonfinite_step
 flops_per_token = flops_per_forward = 0  # of a training step with the current model; refreshed when it changes
 
 
+MAX_SEED = 2**63 - 2**20
+
+
 def setup_runtime():
     global ddp, ddp_rank, ddp_local_rank, device_type, ctx, data_generator
+    if not 0 <= seed <= MAX_SEED:  # torch takes a signed 64-bit seed, and each rank adds its rank
+        raise UserError(f"seed: expected an integer from 0 to {MAX_SEED}, got {seed}")
     ddp, ddp_rank, ddp_local_rank, _ = setup_distributed()
     torch.manual_seed(seed + ddp_rank)
     data_generator = torch.Generator().manual_seed(seed + ddp_rank)
@@ -1226,6 +1231,9 @@ def check_inputs():
         if not 0.0 <= globals()[key] < upper:
             raise UserError(f"{key}: expected a number >= 0{f' and < {upper}' if upper < math.inf else ''}, "
                             f"got {globals()[key]}")
+    if not dry_run and device.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f"device: {device!r}, but this torch sees no CUDA device; train with --device=cpu "
+                        "(a dry run validates a GPU recipe on any machine)")
     meta = check_data()
     checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt')) if init_from == 'resume' else None
     if checkpoint is None:

@@ -21,7 +21,7 @@ import yaml
 
 import train
 from configurator import ConfigError, configure
-from helpers import REPO, entry, file_state, run_train, train_args, write_char_data
+from helpers import REPO, describe_run, entry, file_state, run_train, train_args, write_char_data
 from model import GPTConfig
 
 GiB = 2**30
@@ -700,3 +700,27 @@ def test_resume_with_more_ddp_processes_than_wrote_the_checkpoint(written_checkp
         monkeypatch.setattr(train, key, value)
     assert refused(train.check_inputs) == (f"{written_checkpoint}/out/ckpt.pt: written by 1 DDP process(es), "
                                            "resumed with 2; resume with 1 (each one continues its own data order)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('seed', ['100000000000000000000', '-1'])
+def test_a_seed_torch_cannot_take_is_one_line(tmp_path, seed):
+    """Found by hand after the override fuzzer: a seed beyond 64 bits ended in an OverflowError traceback."""
+    write_char_data(tmp_path / 'data', n_chars=5000)
+    result = run_train(train_args(tmp_path / 'data', tmp_path / 'out', seed=seed))
+    assert result.returncode == 2, describe_run(result)
+    assert result.stderr.strip() == f"error: seed: expected an integer from 0 to {train.MAX_SEED}, got {seed}"
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_a_cuda_device_without_cuda_is_one_line_but_a_dry_run_passes(tmp_path, tiny, monkeypatch):
+    """Found by hand: --device=cuda on a CPU-only torch ended in an AssertionError traceback at .to(device)."""
+    write_char_data(tmp_path / 'data', n_chars=5000)
+    for key, value in dict(data_dir=str(tmp_path / 'data'), n_layer=2, n_head=2, n_embd=32, device='cuda').items():
+        monkeypatch.setattr(train, key, value)
+    assert refused(train.check_inputs) == ("device: 'cuda', but this torch sees no CUDA device; train with "
+                                           "--device=cpu (a dry run validates a GPU recipe on any machine)")
+    monkeypatch.setattr(train, 'dry_run', True)
+    model_config, checkpoint, plan = train.check_inputs()
+    assert (model_config.n_layer, checkpoint, plan) == (2, None, [])
