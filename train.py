@@ -20,7 +20,7 @@ import pickle
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -1002,12 +1002,10 @@ def largest_token(path):
     largest = max(int(tokens[i:i + 2**26].max()) for i in range(0, len(tokens), 2**26))
     memo[name] = dict(file=file_key, largest=largest)
     tmp = f"{memo_path}.{os.getpid()}.tmp"  # DDP ranks may write at once: each its own file, then a rename
-    try:
+    with suppress(OSError):  # a read-only data folder: the next launch reads the file again
         with open(tmp, 'w') as f:
             json.dump(memo, f)
         os.replace(tmp, memo_path)
-    except OSError:  # a read-only data folder: the next launch reads the file again
-        pass
     return largest
 
 

@@ -14,7 +14,7 @@ from helpers import read_events, run_train, train_args, train_env, write_char_da
 
 
 class Refused(Exception):
-    pass
+    """What the stand-in raises where a server would refuse a rewind."""
 
 
 def stand_in_wandb(refuse_rewind):
