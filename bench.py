@@ -46,8 +46,7 @@ def main(argv):
         config = configure(argv, dict(defaults, **run_config), verbose=False)
     if config['num_steps'] < 1 or config['warmup_steps'] < 0:
         raise train.UserError("num_steps must be >= 1 and warmup_steps >= 0")
-    vars(train).update({k: v for k, v in config.items() if k in train.config_keys})
-    train.setup_runtime()
+    train.setup({k: v for k, v in config.items() if k in train.config_keys})
 
     meta = train.check_data() if config['real_data'] else None
     if checkpoint is not None:  # the architecture, multipliers and optimizer state of the checkpoint
@@ -56,8 +55,7 @@ def main(argv):
     else:
         model_config = train.model_config_from_globals(meta['vocab_size'] if meta else config['vocab_size'])
         train.reset_orchestrator()
-    if not config['real_data']:
-        train.get_batch = random_batch(model_config.vocab_size)
+    next_batch = None if config['real_data'] else random_batch(model_config.vocab_size)
     train.build_run(model_config, checkpoint)
     c = train.model.config
     print(f"model: n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd}, n_hidden {c.n_hidden}, "
@@ -71,7 +69,7 @@ def main(argv):
         t0 = time.time()
         if train.advance_ramp(start_iter + step):  # an MSG mask rises per iteration, as in train.py
             train.wrap_model()
-        loss, micro_steps, step_tokens, _ = train.train_step(start_iter + step)
+        loss, micro_steps, step_tokens, _ = train.train_step(start_iter + step, next_batch)
         lossf = loss.item() * micro_steps  # a host-device sync: the step is over when the clock stops
         dt = time.time() - t0
         warmup = step < config['warmup_steps']

@@ -50,11 +50,10 @@ from plot_run import read_events
 
 
 def load_setting(config_file, schedule_file, overrides):
-    """train's globals for the growth config, its schedule file, and the (start, final) architecture
+    """train set up for the growth config, its schedule file, and the (start, final) architecture
     of the schedule."""
     defaults = {k: getattr(train, k) for k in train.config_keys}
-    setting = configure([config_file, *overrides], defaults, verbose=False)
-    vars(train).update(setting)
+    setting = train.setup(configure([config_file, *overrides], defaults, verbose=False))
     schedule_file = schedule_file or setting['scaling_schedule_file']
     start = train.model_config_from_globals(train.check_data()['vocab_size'])
     entries = train.load_schedule_file(schedule_file)

@@ -24,7 +24,7 @@ import torch
 
 import train
 from configurator import ConfigError, configure
-from model import GPT, GPTConfig
+from model import GPTConfig
 
 DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, block_size=1024, device='cpu', seed=1337,
                 repeats=1)
@@ -47,8 +47,7 @@ def model_with_optimizer_state(config, differs):
                              n_head=config['n_head'], n_embd=config['n_embd'], vocab_size=config['vocab_size'],
                              block_size=config['block_size'], bias=False,
                              attn_lora_rank=differs.get('attn_lora_rank', 0))
-    train.model = GPT(model_config).to(config['device'])
-    train.build_optimizer()
+    train.build_run(model_config, None)
     for p in train.model.parameters():
         if p.requires_grad:
             p.grad = torch.randn_like(p) * 1e-3
@@ -71,8 +70,8 @@ def floor_seconds(repeats=3):
 
 def main(argv):
     config = configure(argv, DEFAULTS)
-    vars(train).update(device=config['device'], compile=False, seed=config['seed'], growth_optimizer_state='carry')
-    train.device_type = 'cuda' if 'cuda' in config['device'] else 'cpu'
+    train.setup(dict(device=config['device'], compile=False, seed=config['seed'],
+                     growth_optimizer_state='carry'))
     print(f"{'op':<28} {'seconds':>8}  {'params before -> after':>26}  {'state carried':>13}  under 1 s"
           f"  {'floor s':>8}  {'x floor':>7}")
     worst = (0.0, '')

@@ -29,6 +29,10 @@ class ConfigError(Exception):
     """A mistake in the user's config; its message is meant to be shown without a traceback."""
 
 
+class UserError(Exception):
+    """Bad input from the user (a schedule, data, a checkpoint): shown as one message, no traceback, exit code 2."""
+
+
 def configure(argv: list[str], defaults: dict, *, verbose: bool = True) -> dict:
     """Return a new dict: `defaults` with the overrides in `argv` applied in order."""
     config = copy.deepcopy(defaults)

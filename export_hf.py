@@ -17,8 +17,8 @@ import sys
 
 import torch
 
-import train
-from configurator import ConfigError, configure
+from checkpoint import load_checkpoint
+from configurator import ConfigError, UserError, configure
 from model import GPT, import_transformers
 
 # -----------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def find_gpt2_tokenizer(checkpoint, vocab_size, given):
     was imported from, else the Hugging Face cache of 'gpt2'; or (None, why not)."""
     transformers = import_transformers()
     if given and not has_tokenizer_files(given):
-        raise train.UserError(f"tokenizer_dir: no tokenizer files in {given} "
+        raise UserError(f"tokenizer_dir: no tokenizer files in {given} "
                               "(tokenizer.json, or vocab.json and merges.txt)")
     init_from = checkpoint['config']['init_from']
     if given:
@@ -64,10 +64,10 @@ def find_gpt2_tokenizer(checkpoint, vocab_size, given):
             tokenizer = transformers.GPT2TokenizerFast.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError) as e:
             if given:
-                raise train.UserError(f"tokenizer_dir: {given}: {str(e).strip().splitlines()[0]}") from None
+                raise UserError(f"tokenizer_dir: {given}: {str(e).strip().splitlines()[0]}") from None
             continue
         if len(tokenizer) > vocab_size:
-            raise train.UserError(f"the tokenizer in {source} has {len(tokenizer)} tokens, more than the model's "
+            raise UserError(f"the tokenizer in {source} has {len(tokenizer)} tokens, more than the model's "
                                   f"vocabulary of {vocab_size}")
         return tokenizer, source
     return None, ("no GPT-2 tokenizer files at hand (none in the run's init_from folder nor in the Hugging Face "
@@ -91,7 +91,7 @@ def exportable_model(checkpoint, path):
         else:
             advice = ("msg_add_heads and msg_widen_embd make it so; such a model runs with this repository's "
                       "sample.py only, a model to export grows by the other operations")
-        raise train.UserError(f"{path}: cannot export the model of iter {checkpoint['iter_num']}: {e}; {advice}") \
+        raise UserError(f"{path}: cannot export the model of iter {checkpoint['iter_num']}: {e}; {advice}") \
             from None
     return model.eval()
 
@@ -102,11 +102,11 @@ def export(run_dir, folder, tokenizer_from=''):
     try:
         import_transformers()
     except ImportError as e:
-        raise train.UserError(str(e)) from None
+        raise UserError(str(e)) from None
     path = os.path.join(run_dir, 'ckpt.pt')
     if not os.path.isfile(path):
-        raise train.UserError(f"out_dir: no checkpoint at {path}")
-    checkpoint = train.load_checkpoint(path)
+        raise UserError(f"out_dir: no checkpoint at {path}")
+    checkpoint = load_checkpoint(path, ('model', 'model_args', 'config', 'iter_num', 'orchestrator'))
     model = exportable_model(checkpoint, path)
     vocab_size = model.config.vocab_size
     tokens = run_tokenizer(checkpoint)
@@ -115,7 +115,7 @@ def export(run_dir, folder, tokenizer_from=''):
         tokenizer, where = find_gpt2_tokenizer(checkpoint, vocab_size, tokenizer_from)
         note = f"GPT-2 BPE from {where}" if tokenizer is not None else f"not written, {where}"
     elif tokenizer_from:
-        raise train.UserError(f"tokenizer_dir: the run's tokens are {tokens or 'unknown (no meta.pkl)'}, "
+        raise UserError(f"tokenizer_dir: the run's tokens are {tokens or 'unknown (no meta.pkl)'}, "
                               "not GPT-2 BPE, so a GPT-2 tokenizer does not belong with it")
     else:
         note = f"not written (the run's tokens are {tokens or 'unknown: no meta.pkl'}, not GPT-2 BPE)"
@@ -138,8 +138,8 @@ if __name__ == '__main__':
     try:
         globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
         if not hf_dir:
-            raise train.UserError("hf_dir: give the folder to write, e.g. --hf_dir=hf-model")
+            raise UserError("hf_dir: give the folder to write, e.g. --hf_dir=hf-model")
         export(out_dir, hf_dir, tokenizer_dir)
-    except (train.UserError, ConfigError) as e:
+    except (UserError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -11,8 +11,8 @@ from contextlib import nullcontext
 
 import torch
 
-import train
-from configurator import ConfigError, configure
+from checkpoint import load_checkpoint
+from configurator import ConfigError, UserError, configure
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def codec(checkpoint):
     config = checkpoint['config']
     path = os.path.join(config['data_dir'] or os.path.join('data', config['dataset']), 'meta.pkl')
     if not os.path.isfile(path):
-        raise train.UserError(f"{path} not found: sample.py decodes with the meta.pkl of the run's data")
+        raise UserError(f"{path} not found: sample.py decodes with the meta.pkl of the run's data")
     with open(path, 'rb') as f:
         meta = pickle.load(f)
     if meta.get('tokenizer') == 'gpt2':
@@ -56,7 +56,10 @@ def main():
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
-    checkpoint = train.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.isfile(path):
+        raise UserError(f"out_dir: no checkpoint at {path}")
+    checkpoint = load_checkpoint(path, ('model', 'model_args', 'config'))
     encode, decode = codec(checkpoint)
     model = GPT.from_checkpoint(checkpoint).to(device)
     model.eval()
@@ -69,11 +72,11 @@ def main():
             with open(start[5:], encoding='utf-8') as f:
                 prompt = f.read()
         except (OSError, UnicodeDecodeError) as e:
-            raise train.UserError(f"start: cannot read the prompt file {start[5:]}: {e}") from None
+            raise UserError(f"start: cannot read the prompt file {start[5:]}: {e}") from None
     try:
         start_ids = encode(prompt)
     except KeyError as e:
-        raise train.UserError(f"start: the character {e} is not in the vocabulary") from None
+        raise UserError(f"start: the character {e} is not in the vocabulary") from None
     x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
     with torch.no_grad(), ctx:
         for _ in range(num_samples):
@@ -86,6 +89,6 @@ if __name__ == '__main__':
     try:
         globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
         main()
-    except (train.UserError, ConfigError) as e:
+    except (UserError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import ConfigError, configure
+import checkpoint as ckpt_files
+from configurator import ConfigError, UserError, configure
 from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, GPTConfig,
                    carry_optimizer_state, hf_model_args, import_transformers, mask_at)
 
@@ -129,10 +130,6 @@ progress = {}  # iter_num, tokens, flops, eval_flops, best_val_loss, next_eval_i
 PROGRESS_KEYS = ('iter_num', 'tokens', 'flops', 'eval_flops', 'best_val_loss', 'next_eval_iter')
 EVAL_SEED = 0  # eval batches do not depend on `seed`, so runs with different seeds share them
 # -----------------------------------------------------------------------------
-
-
-class UserError(Exception):
-    """Bad input from the user: shown as one message, no traceback, exit code 2."""
 
 
 # -----------------------------------------------------------------------------
@@ -1054,28 +1051,17 @@ def eval_flops(n_splits=2):
         model.flops_per_forward(training=False) * forwards
 
 
-def save_checkpoint(checkpoint, path):
-    """Atomic: write a temp file, then rename over the old one; a crash mid-write leaves the old file."""
-    tmp = path + '.tmp'
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
-
-
 CHECKPOINT_KEYS = tuple(dict.fromkeys(('model', 'model_args', 'optimizer', 'iter_num', 'orchestrator', 'rng', 'scaler',
                                         'config', 'wandb_run_id') + PROGRESS_KEYS))  # what a resume reads
 
 
 def load_checkpoint(path):
+    """The checkpoint to resume from, with every key a resume reads (a UserError otherwise)."""
     if not os.path.isfile(path):
         raise UserError(f"init_from='resume': no checkpoint at {path}")
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-        missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
-        missing += [f'orchestrator.{k}' for k in ORCHESTRATOR_KEYS if 'orchestrator' in checkpoint
-                    and k not in checkpoint['orchestrator'] and k != 'set_values']
-    except Exception as e:
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    checkpoint = ckpt_files.load_checkpoint(path, CHECKPOINT_KEYS)
+    missing = [f'orchestrator.{k}' for k in ORCHESTRATOR_KEYS
+               if k not in checkpoint['orchestrator'] and k != 'set_values']
     if missing:
         raise UserError(f"{path}: not a checkpoint of this train.py: missing '{missing[0]}'")
     return checkpoint
@@ -1162,6 +1148,19 @@ def setup_runtime():
     # bf16 / fp16 run under autocast on cuda and cpu alike: weights and optimizer state stay float32
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+
+def setup(settings):
+    """The entry point for train.py itself and for scripts that use its pieces (bench.py, bench_ops.py,
+    bench_growth.py): sets the config globals from `settings` (config keys, as configurator.configure
+    resolves them), starts the runtime (seed, DDP, device, autocast) and returns every setting of the run.
+    Scripts call this rather than write train's globals."""
+    unknown = sorted(set(settings) - set(config_keys))
+    if unknown:
+        raise UserError(f"setup: not config keys: {', '.join(unknown)}")
+    globals().update(settings)
+    setup_runtime()
+    return {k: globals()[k] for k in config_keys}
 
 
 def model_config_from_globals(vocab_size):
@@ -1342,7 +1341,7 @@ def write_checkpoint(config, wandb_run):
                           orchestrator=orchestrator_state(), growth_mask=ramp_mask(progress['iter_num']), rng=rng,
                           wandb_run_id=wandb_run.id if wandb_run is not None else '', **progress)
         print(f"saving checkpoint to {out_dir}")
-        save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
+        ckpt_files.save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
 
 
 def evaluate(splits=('train', 'val')):
@@ -1394,9 +1393,10 @@ def step_is_finite(iter_num, loss_nonfinite, grad_norm):
     return False
 
 
-def train_step(iter_num):
-    """Forward/backward over the accumulation steps, clip, step. Returns (last micro-step loss,
-    number of micro steps, tokens, whether the step was applied)."""
+def train_step(iter_num, next_batch=None):
+    """Forward/backward over the accumulation steps, clip, step; batches from next_batch (get_batch's
+    signature), get_batch if None. Returns (last micro-step loss, number of micro steps, tokens, whether
+    the step was applied)."""
     lr = get_lr(iter_num)
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
@@ -1409,7 +1409,7 @@ def train_step(iter_num):
         if ddp:
             # sync gradients at the last micro step only
             train_model.require_backward_grad_sync = (micro_step == micro_steps - 1)
-        X, Y = get_batch('train', data_generator, step_batch_size)
+        X, Y = (next_batch or get_batch)('train', data_generator, step_batch_size)
         with ctx:
             _, loss = train_model(X, Y)
             loss = loss / micro_steps
@@ -1482,9 +1482,8 @@ def open_logging(config, checkpoint):
     return wandb_run, EventLog(os.path.join(out_dir, 'events.jsonl'), keep_through_iter, wandb_run)
 
 
-def main():
-    setup_runtime()
-    config = {k: globals()[k] for k in config_keys}
+def main(config):
+    """The run, once setup(config) has set it up."""
     model_config, checkpoint, plan = check_inputs()
     if dry_run:
         if master_process:
@@ -1572,8 +1571,7 @@ def main():
 def run_from_command_line(argv):
     """Apply the config file and overrides, run, and turn user errors into one message."""
     try:
-        globals().update(configure(argv, {k: globals()[k] for k in config_keys}))
-        main()
+        main(setup(configure(argv, {k: globals()[k] for k in config_keys})))
     except (UserError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

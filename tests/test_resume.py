@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import train
+from checkpoint import save_checkpoint
 from helpers import (assert_same_state, describe_run, entry, file_state, read_events, run_train, trained_runs,
                      without_elapsed, write_schedule)
 from model import GPT, GPTConfig
@@ -143,13 +144,13 @@ def test_save_checkpoint_is_atomic(runs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'save', dying_save)
     with pytest.raises(OSError, match='No space left'):
-        train.save_checkpoint(checkpoint, path)
+        save_checkpoint(checkpoint, path)
     assert written and os.path.abspath(written[0]) != os.path.abspath(path)  # it wrote elsewhere
     assert file_state(path) == before
     assert train.load_checkpoint(path)['iter_num'] == N // 2
 
     monkeypatch.setattr(torch, 'save', real_save)
-    train.save_checkpoint(checkpoint, path)
+    save_checkpoint(checkpoint, path)
     assert train.load_checkpoint(path)['iter_num'] == 999
     assert os.listdir(tmp_path) == ['ckpt.pt']
 

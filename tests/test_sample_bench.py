@@ -92,7 +92,7 @@ def test_sample_errors(grown_run, tmp_path):
     _, out, _ = grown_run
     missing = run('sample.py', f'--out_dir={tmp_path}', '--device=cpu')
     assert missing.returncode == 2
-    assert missing.stderr == f"error: init_from='resume': no checkpoint at {tmp_path}/ckpt.pt\n"
+    assert missing.stderr == f"error: out_dir: no checkpoint at {tmp_path}/ckpt.pt\n"
 
     checkpoint = torch.load(out / 'ckpt.pt', weights_only=True)
     checkpoint['config']['data_dir'] = str(tmp_path / 'gone')
