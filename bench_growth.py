@@ -137,8 +137,8 @@ def static_args(size, iters, family, setting, decay_iters=None):
 
 def wsd_branches(prefix, size, budgets, setting, common):
     """A size's wsd runs at several budgets {label: iters} sharing one stable phase: segments that stop
-    at each budget's cooldown start ({prefix}-stable{iter}), each budget's run resumed from its segment.
-    Returns {name: (train.py args, parent name or None)}, the segments first, and {label: name}."""
+    at each budget's cooldown start ({prefix}-stable{iter}), each budget's run resumed from its segment
+    (one run for budgets of the same iters, named by the first). Returns {name: (train.py args, parent name or None)}, the segments first, and {label: name}."""
     last = max(budgets.values())
     runs, names, parent = {}, {}, None
     for stop in sorted({cooldown_start(iters, setting) for iters in budgets.values()}):
@@ -146,8 +146,9 @@ def wsd_branches(prefix, size, budgets, setting, common):
         runs[name] = ([*common, *static_args(size, stop, 'wsd', setting, decay_iters=last),
                        '--always_save_checkpoint=True'], parent)
         parent = name
+    by_iters = {}  # budgets of the same iters (a growth run's budget on the ladder) share one run
     for label, iters in budgets.items():
-        names[label] = f"{prefix}-{label}"
+        names[label] = by_iters.setdefault(iters, f"{prefix}-{label}")
         runs[names[label]] = ([*common, *static_args(size, iters, 'wsd', setting)],
                               f"{prefix}-stable{cooldown_start(iters, setting)}")
     return runs, names

@@ -57,6 +57,15 @@ def test_lower_hull_is_the_falling_convex_envelope():
     assert lower_hull([(1e12, 1.5), (2e12, 1.7)]) == [(pytest.approx(1e12), 1.5)]
 
 
+def test_budgets_of_the_same_iters_share_one_branch():
+    """A growth run's budget that rounds to a ladder budget's iters is that run, not a second copy."""
+    setting = dict(cooldown_iters=0, lr_decay_iters=200, warmup_iters=5)
+    size = dict(name='t', arch=dict(n_layer=2), lr=2e-3, min_lr=2e-4)
+    runs, names = wsd_branches('t', size, {'x0.5': 40, 'x1': 80, 'matched-g': 40}, setting, ['--seed=3'])
+    assert names == {'x0.5': 't-x0.5', 'x1': 't-x1', 'matched-g': 't-x0.5'}
+    assert list(runs) == ['t-stable32', 't-stable64', 't-x0.5', 't-x1']
+
+
 @pytest.mark.slow
 def test_a_cooldown_branch_is_its_budget_run_bit_for_bit(tmp_path):
     """The stable phase run once (segments to iters 32 and 48, decay at 60), the 40 and 60 iter
