@@ -1,5 +1,6 @@
 """The repo's own checks: the documented test commands run as written, and the linter finds nothing."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -62,3 +63,51 @@ def test_requirements_torch_bound_covers_the_apis_used():
     assert 'torch.amp.GradScaler(' in used and 'torch.compile(' in used  # the search finds what is there
     assert {api: since for api, since in used.items() if since > bound} == {}
     assert bound == max(used.values())  # and the bound is no higher than they need
+
+
+def writes_to_train(source):
+    """Where a script writes train.py's globals: `train.x = ...`, `vars(train)...`, `setattr(train, ...)`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            for t in (target.elts if isinstance(target, ast.Tuple) else [target]):
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == 'train':
+                    found.append(f'train.{t.attr} = (line {t.lineno})')
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ('vars', 'setattr') \
+                and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == 'train':
+            found.append(f'{node.func.id}(train, ...) (line {node.lineno})')
+    return found
+
+
+def test_writes_to_train_are_found():
+    assert writes_to_train("import train\ntrain.model = m\nvars(train).update(a=1)\ntrain.a, b = 1, 2\n") == [
+        'train.model = (line 2)', 'train.a = (line 4)', 'vars(train, ...) (line 3)']
+    assert writes_to_train("import train\nx = train.model\ntrain.setup({'seed': 1})\n") == []
+
+
+def test_no_script_writes_train_globals_and_readers_of_runs_do_not_import_train():
+    """bench.py, bench_ops.py and bench_growth.py once wrote train's globals (vars(train).update, train.model
+    = ..., train.get_batch = ...): they call train.setup() now. sample.py and export_hf.py read checkpoints
+    through checkpoint.py and GPT.from_checkpoint, without train.py."""
+    scripts = sorted(n for n in os.listdir(REPO) if n.endswith('.py') and not n.startswith('test_') and n != 'train.py')
+    assert {'bench.py', 'bench_ops.py', 'bench_growth.py', 'sample.py'} <= set(scripts)
+    for name in scripts:
+        with open(os.path.join(REPO, name)) as f:
+            source = f.read()
+        assert writes_to_train(source) == [], name
+        if name in ('sample.py', 'export_hf.py'):
+            assert 'import train' not in source, name
+
+
+def test_setup_sets_the_config_and_refuses_unknown_keys(monkeypatch):
+    import train
+    for key in ('seed', 'n_layer', 'device', 'dtype', 'ddp', 'device_type', 'ctx', 'data_generator'):
+        monkeypatch.setattr(train, key, getattr(train, key, None))  # put back after the test
+    settings = train.setup(dict(seed=7, n_layer=3, device='cpu', dtype='float32'))
+    assert (train.seed, train.n_layer, train.device_type) == (7, 3, 'cpu')
+    assert settings == {k: getattr(train, k) for k in train.config_keys} and settings['n_layer'] == 3
+    assert train.data_generator.initial_seed() == 7  # the runtime started with the new seed
+    with pytest.raises(train.UserError, match="setup: not config keys: model, n_layers"):
+        train.setup(dict(n_layers=2, model=None))
