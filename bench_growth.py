@@ -245,7 +245,9 @@ def final_flops(result):
 
 def compute_equivalent(points, target):
     """Static FLOPs that reach `target`: linear in log FLOPs between the two points around it,
-    (flops, extrapolated?). points: (flops, final val) sorted by flops, val falling with flops."""
+    (flops, extrapolated?). points: (flops, final val), val falling with flops; a point given twice (a
+    growth budget that is a ladder budget's run) counts once."""
+    points = sorted(set(points))
     if len(points) < 2:
         return math.nan, True
     for (f0, v0), (f1, v1) in zip(points, points[1:]):

@@ -57,6 +57,14 @@ def test_lower_hull_is_the_falling_convex_envelope():
     assert lower_hull([(1e12, 1.5), (2e12, 1.7)]) == [(pytest.approx(1e12), 1.5)]
 
 
+def test_a_point_given_twice_still_extrapolates():
+    """The 1.0 x F_ref recipe's budget is the ladder's 1.0 run: its same-size points held that run twice,
+    and the extrapolation below them divided by zero (speedup vs same size nan)."""
+    points = [(1.0, 3.0), (math.e, 2.0)]
+    assert compute_equivalent(points + [(math.e, 2.0)], 1.5) == compute_equivalent(points, 1.5)
+    assert compute_equivalent(points + [(math.e, 2.0)], 1.5) == (pytest.approx(math.e ** 1.5), True)
+
+
 def test_budgets_of_the_same_iters_share_one_branch():
     """A growth run's budget that rounds to a ladder budget's iters is that run, not a second copy."""
     setting = dict(cooldown_iters=0, lr_decay_iters=200, warmup_iters=5)
