@@ -201,7 +201,7 @@ def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
             os.remove(os.path.join(out_dir, name))
         if parent_dir and name != 'identity.json':
             shutil.copyfile(os.path.join(parent_dir, name), os.path.join(out_dir, name))
-    print(' '.join(command), flush=True)
+    print(' '.join(command) + '\n', end='', flush=True)  # one write: two jobs' lines do not interleave
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     with open(log, 'w') as f:
         result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
