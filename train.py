@@ -129,7 +129,6 @@ model = None  # the GPT being trained (set in main; growth ops change it in plac
 progress = {}  # iter_num, tokens, flops, eval_flops, best_val_loss, next_eval_iter; all checkpointed
 PROGRESS_KEYS = ('iter_num', 'tokens', 'flops', 'eval_flops', 'best_val_loss', 'next_eval_iter')
 EVAL_SEED = 0  # eval batches do not depend on `seed`, so runs with different seeds share them
-# -----------------------------------------------------------------------------
 
 
 # -----------------------------------------------------------------------------
