@@ -13,7 +13,6 @@ import math
 import os
 import pickle
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -23,7 +22,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests'))
 import train
 from configurator import configure
-from helpers import entry
+from helpers import entry, run_script
 from model import GPTConfig
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -368,9 +367,8 @@ def cosine(lr_max, lr_min, t, warmup, decay):
 
 
 def train_py(*args):
-    # one thread: a tiny model gains nothing from more, and loses ~10x on a busy 2-core machine
-    return subprocess.run([sys.executable, 'train.py', *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    # one thread (train_env): a tiny model gains nothing from more, and loses ~10x on a busy 2-core machine
+    return run_script(['train.py', *args])
 
 
 @pytest.fixture(scope='module')

@@ -1,7 +1,9 @@
 """
 Shared helpers for tests that run train.py: tiny char-level data made in the test's tmp_path,
 schedule entries (entry) and files, what a module's runs share (trained_runs), a tiny CPU fp32
-command line, a subprocess runner, the event log reader, and a train.py with NaN losses (NAN_TRAIN).
+command line, a script runner (run_train, run_script: a python script forks from this process's fork
+server, tests/zygote.py, which has torch and train imported; start_train and torchrun start real
+processes), the event log reader, and a train.py with NaN losses (NAN_TRAIN).
 Add functions here; never rename or remove one (other test files use them).
 """
 
@@ -9,8 +11,11 @@ import json
 import os
 import pickle
 import re
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -86,9 +91,57 @@ TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--np
 
 
 def run_train(args, timeout=300, command=TRAIN, env=None):
-    """command + args in the repo (default: python train.py); returns the CompletedProcess."""
-    return subprocess.run(list(command) + list(args), cwd=REPO, env=env or train_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    """command + args in the repo (default: python train.py); returns the CompletedProcess. A python
+    script (or python -c CODE) runs forked from the fork server, anything else (torchrun) as a process."""
+    command, env = list(command), env or train_env()
+    if command[0] == sys.executable and command[1] != '-m' and env.get('OMP_NUM_THREADS') == '1':
+        return run_script(command[1:] + list(args), timeout, env)
+    return subprocess.run(command + list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+FORK_SERVER = []  # this test process's tests/zygote.py, started on first use
+
+
+def fork_server():
+    """The running fork server (one per test process; it exits when this process does)."""
+    if not FORK_SERVER or FORK_SERVER[0].poll() is not None:
+        server = subprocess.Popen([sys.executable, os.path.join(REPO, 'tests', 'zygote.py')], cwd=REPO,
+                                  env=train_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        FORK_SERVER[:] = [server]
+    return FORK_SERVER[0]
+
+
+def server_says(server, word, timeout=None):
+    """The number after `word` on the server's next line (None: the timeout passed first)."""
+    if not select.select([server.stdout], [], [], timeout)[0]:
+        return None
+    line = server.stdout.readline().decode()
+    assert line.startswith(word + ' '), f"fork server said {line!r}, expected {word} N"
+    return int(line.split()[1])
+
+
+def run_script(argv, timeout=300, env=None):
+    """`python ARGV...` in the repo with env, as subprocess.run(capture_output=True, text=True) would run
+    it, but forked from the fork server, which has torch and train imported (tests/zygote.py): a tiny
+    run starts in milliseconds instead of seconds."""
+    server = fork_server()
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = os.path.join(folder, 'stdout'), os.path.join(folder, 'stderr')
+        for path in (out, err):
+            open(path, 'w').close()
+        request = dict(argv=list(argv), cwd=REPO, env=env or train_env(), stdout=out, stderr=err)
+        server.stdin.write((json.dumps(request) + '\n').encode())
+        pid = server_says(server, 'pid')
+        code = server_says(server, 'exit', timeout)
+        if code is None:
+            os.kill(pid, signal.SIGKILL)
+            server_says(server, 'exit')
+        with open(out) as f, open(err) as g:
+            stdout, stderr = f.read(), g.read()
+    command = [sys.executable] + list(argv)
+    if code is None:
+        raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
+    return subprocess.CompletedProcess(command, code, stdout, stderr)
 
 
 def start_train(args, command=TRAIN, env=None):

@@ -6,24 +6,21 @@ import argparse
 import math
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import bench_growth
 from bench_growth import compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args, wsd_branches
-from helpers import REPO, assert_same_state, read_events, train_args, train_env, write_char_data, write_schedule
+from helpers import REPO, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
 
 TINY_SETTING = ['data_dir={data}', 'max_iters=60', 'eval_interval=20', 'eval_iters=2', 'n_embd=32', 'n_head=2',
                 'n_hidden=32', 'block_size=32', 'batch_size=4', 'log_interval=100', 'warmup_iters=5',
                 'lr_decay_iters=60']
 
 
-def run(command, **kwargs):
-    result = subprocess.run([sys.executable, *command], cwd=REPO, env=train_env(), capture_output=True, text=True,
-                            timeout=600, **kwargs)
+def run(command):
+    result = run_script(command, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -229,8 +226,7 @@ def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
 @pytest.mark.slow
 def test_a_bad_sizes_table_is_one_line(tmp_path, rows, message):
     command, _, _ = tiny_bench(tmp_path, rows)
-    result = subprocess.run([sys.executable, *command], cwd=REPO, env=train_env(), capture_output=True, text=True,
-                            timeout=120)
+    result = run_script(command, timeout=120)
     assert result.returncode == 1 and 'train.py' not in result.stdout
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
     assert str(tmp_path / 'sizes.yaml') in result.stderr
@@ -238,8 +234,7 @@ def test_a_bad_sizes_table_is_one_line(tmp_path, rows, message):
 
 @pytest.mark.slow
 def test_plot_run_refuses_a_folder_without_events(tmp_path):
-    result = subprocess.run([sys.executable, 'plot_run.py', str(tmp_path)], cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
+    result = run_script(['plot_run.py', str(tmp_path)], timeout=60)
     assert result.returncode == 2
     assert f"{tmp_path}: no events.jsonl (is it a train.py out_dir?)" in result.stderr
 

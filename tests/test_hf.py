@@ -5,7 +5,6 @@ stacked) are exported with export_hf.py and read back with transformers. Logits 
 import json
 import os
 import pickle
-import subprocess
 import sys
 from contextlib import nullcontext
 
@@ -16,7 +15,7 @@ import transformers
 
 import export_hf
 import train
-from helpers import (REPO, TINY, describe_run, read_events, run_train, train_args, train_env, write_char_data,
+from helpers import (TINY, describe_run, read_events, run_script, run_train, train_args, write_char_data,
                      write_schedule)
 from model import GPT, GPTConfig
 
@@ -334,16 +333,14 @@ def test_export_refusals(tmp_path, data):
     out = tmp_path / 'ramp'
     schedule = write_schedule(tmp_path / 'ramp.json', [('msg_add_heads', heads, 0.0, 10, False)])
     assert run_train(train_args(data[0], out, max_iters=20, scaling_schedule_file=schedule)).returncode == 0
-    result = subprocess.run([sys.executable, 'export_hf.py', f'--out_dir={out}', f'--hf_dir={tmp_path / "hf"}'],
-                            cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    result = run_script(['export_hf.py', f'--out_dir={out}', f'--hf_dir={tmp_path / "hf"}'])
     assert result.returncode == 2, describe_run(result)
     assert result.stderr == (
         f"error: {out}/ckpt.pt: cannot export the model of iter 20: an MSG mask ramp (heads) is still active, and "
         "GPT-2 has no mask; train on until the msg_add_heads mask reaches 1 at iter 110 (init_from='resume' with "
         "max_iters at least that; the ramp then folds away) and export that checkpoint\n")
     assert not os.path.exists(tmp_path / 'hf')
-    no_folder = subprocess.run([sys.executable, 'export_hf.py', f'--out_dir={out}'], cwd=REPO, env=train_env(),
-                               capture_output=True, text=True, timeout=300)
+    no_folder = run_script(['export_hf.py', f'--out_dir={out}'])
     assert (no_folder.returncode, no_folder.stderr) == (2, "error: hf_dir: give the folder to write, e.g. "
                                                            "--hf_dir=hf-model\n")
 

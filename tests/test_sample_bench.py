@@ -4,8 +4,6 @@ MLP widened, attention LoRA on, and an MSG ramp still rising when the checkpoint
 import pickle
 import re
 import shutil
-import subprocess
-import sys
 from contextlib import nullcontext
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import torch
 
 import train
-from helpers import REPO, SHAKESPEARE, read_events, run_train, train_args, train_env, write_char_data, write_schedule
+from helpers import SHAKESPEARE, read_events, run_script, run_train, train_args, write_char_data, write_schedule
 from model import GPT
 from test_prepare import gpt2_cached
 
@@ -28,8 +26,7 @@ SEPARATOR = '\n---------------\n'
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, script, *args], cwd=REPO, env=train_env(), capture_output=True,
-                          text=True, timeout=300)
+    return run_script([script, *args])
 
 
 @pytest.fixture(scope='module')
