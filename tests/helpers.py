@@ -132,7 +132,12 @@ def run_script(argv, timeout=300, env=None):
         request = dict(argv=list(argv), cwd=REPO, env=env or train_env(), stdout=out, stderr=err)
         server.stdin.write((json.dumps(request) + '\n').encode())
         pid = server_says(server, 'pid')
-        code = server_says(server, 'exit', timeout)
+        try:
+            code = server_says(server, 'exit', timeout)
+        except BaseException:  # interrupted (pytest-timeout, ^C): the next call starts a fresh server
+            os.kill(pid, signal.SIGKILL)
+            server.kill()
+            raise
         if code is None:
             os.kill(pid, signal.SIGKILL)
             server_says(server, 'exit')

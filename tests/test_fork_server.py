@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import helpers
 from helpers import REPO, run_script, train_env
 
 pytestmark = pytest.mark.slow  # each case also starts a fresh interpreter, to compare
@@ -71,3 +72,21 @@ def test_a_child_past_its_timeout_is_killed(tmp_path):
     assert run_script(['-c', "print('next')"]).stdout == 'next\n'
     time.sleep(1.5)
     assert not os.path.exists(marker)
+
+
+def test_an_interrupted_call_leaves_a_fresh_server_for_the_next(monkeypatch):
+    """pytest-timeout or ^C during a run: the server and its child are killed, the next call starts anew."""
+    run_script(['-c', 'pass'])
+    server = helpers.fork_server()
+    says = helpers.server_says
+
+    def interrupted(server, word, timeout=None):
+        if word == 'exit':
+            raise KeyboardInterrupt
+        return says(server, word, timeout)
+    monkeypatch.setattr(helpers, 'server_says', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(['-c', 'import time; time.sleep(60)'])
+    assert server.wait(timeout=10) == -9
+    monkeypatch.setattr(helpers, 'server_says', says)
+    assert run_script(['-c', "print('fresh')"]).stdout == 'fresh\n' and helpers.fork_server() is not server
