@@ -173,26 +173,45 @@ def run_identity(config_file, args):
     return identity
 
 
+def comparable(identity):
+    """An identity as --reuse compares it. A wsd run that stops before its cooldown starts trains at the
+    peak lr throughout and never uses lr_decay_iters or cooldown_iters, so a stable segment is the same
+    run whatever the ladder's largest budget (a larger one added later keeps the segments run before);
+    and a run resumed from a parent it only continues is the run of its own settings (resume is exact),
+    so the parent counts only where it trained otherwise."""
+    identity = dict(identity)
+    parent = identity.pop('parent', None)
+    if parent is not None and not continues(parent, identity):
+        identity['parent'] = comparable(parent)
+    decay = identity['lr_decay_iters']
+    cooldown_begins = max(identity['warmup_iters'], decay - (identity['cooldown_iters'] or decay / 5))
+    if identity['lr_schedule'] == 'wsd' and identity['max_iters'] <= cooldown_begins:
+        del identity['lr_decay_iters'], identity['cooldown_iters']
+    return identity
+
+
+def continues(parent, child):
+    """Whether child, resumed from parent's end, trains as its own settings would from scratch: the
+    parent is the child's run cut at the parent's last iter."""
+    def settings(identity):
+        return {k: v for k, v in comparable(identity).items() if k != 'init_from'}
+    return settings(parent) == settings({**child, 'max_iters': parent['max_iters']})
+
+
 def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
     """One train.py run, its log in out_dir/train.log; with parent_dir, resumed from that run's
     final checkpoint (its events.jsonl continued). With --reuse a finished run is read back instead
-    of run again, if it would train the same way: run_identity, and its parent's, unless it only
-    continues its parent further (the same settings but max_iters: resume is exact, so a stable
-    phase is the same run however it was cut into segments)."""
+    of run again, if it would train the same way (run_identity, as comparable() compares it: a stable
+    phase is the same run however it was cut into segments and however far its decay lies)."""
     args = [*args, '--init_from=resume'] if parent_dir else args
     log = os.path.join(out_dir, 'train.log')
     command = [sys.executable, 'train.py', config_file, f'--out_dir={out_dir}', *args]
     stamp = os.path.join(out_dir, 'identity.json')
     identity = run_identity(config_file, args)
-    if parent_dir:
+    if parent_dir:  # comparable() keeps the parent only where the run does not just continue it
         with open(os.path.join(parent_dir, 'identity.json')) as f:
-            parent = json.load(f)
-
-        def settings(i):
-            return {k: v for k, v in i.items() if k not in ('max_iters', 'init_from', 'parent')}
-        if settings(parent) != settings(identity):
-            identity['parent'] = parent
-    if reuse and os.path.isfile(stamp) and json.load(open(stamp)) == identity \
+            identity['parent'] = json.load(f)
+    if reuse and os.path.isfile(stamp) and comparable(json.load(open(stamp))) == comparable(identity) \
             and open(log).read().endswith('RUN FINISHED\n'):
         return read_events(out_dir)
     os.makedirs(out_dir, exist_ok=True)

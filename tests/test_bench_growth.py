@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import bench_growth
-from bench_growth import compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args, wsd_branches
+from bench_growth import (comparable, compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args,
+                          wsd_branches)
 from helpers import REPO, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
 
 TINY_SETTING = ['data_dir={data}', 'max_iters=60', 'eval_interval=20', 'eval_iters=2', 'n_embd=32', 'n_head=2',
@@ -69,6 +70,28 @@ def test_budgets_of_the_same_iters_share_one_branch():
     runs, names = wsd_branches('t', size, {'x0.5': 40, 'x1': 80, 'matched-g': 40}, setting, ['--seed=3'])
     assert names == {'x0.5': 't-x0.5', 'x1': 't-x1', 'matched-g': 't-x0.5'}
     assert list(runs) == ['t-stable32', 't-stable64', 't-x0.5', 't-x1']
+
+
+def test_a_stable_segment_is_the_same_run_whatever_the_largest_budget():
+    """--reuse: a wsd segment that stops by its cooldown's start never used lr_decay_iters or
+    cooldown_iters, and a branch that only continues its parent is the run of its own settings."""
+    base = dict(lr_schedule='wsd', warmup_iters=5, learning_rate=1e-3, init_from='scratch')
+    old = dict(base, max_iters=48, lr_decay_iters=60, cooldown_iters=12)  # stops where its cooldown starts
+    new = dict(base, max_iters=48, lr_decay_iters=100, cooldown_iters=20)  # the ladder grew a larger budget
+    assert comparable(old) == comparable(new) == {k: v for k, v in old.items() if 'decay' not in k and 'cool' not in k}
+    assert comparable(dict(old, max_iters=49)) != comparable(dict(new, max_iters=49))  # iter 49 cools down in old
+    assert comparable(dict(old, learning_rate=2e-3)) != comparable(new)
+    fifth = dict(base, max_iters=80, lr_decay_iters=100, cooldown_iters=0)  # 0: a fifth of lr_decay_iters
+    assert comparable(fifth) == comparable(dict(fifth, lr_decay_iters=500))
+    assert comparable(dict(fifth, max_iters=81)) != comparable(dict(fifth, max_iters=81, lr_decay_iters=500))
+    cosine = dict(old, lr_schedule='cosine')
+    assert comparable(cosine) == cosine
+    # a branch through its cooldown, from a segment it continues: its own settings are its identity
+    branch = dict(base, max_iters=60, lr_decay_iters=60, cooldown_iters=12, init_from='resume')
+    assert comparable(dict(branch, parent=new)) == comparable(dict(branch, parent=old)) == comparable(branch)
+    # from a segment that trained otherwise, the parent is part of it
+    other = dict(new, learning_rate=2e-3)
+    assert comparable(dict(branch, parent=other)) == dict(branch, parent=comparable(other))
 
 
 @pytest.mark.slow
@@ -193,6 +216,16 @@ def test_bench_growth_tiny(tmp_path):
     rerun = run(tiny_bench(tmp_path, SIZES.replace('0.003', '0.004'), ['--reuse'])[0])
     assert {re.search(r'--out_dir=\S*/static-(\w+)-', line).group(1)
             for line in rerun.splitlines() if 'train.py' in line} == {'small'}
+    # a larger budget on the ladder: each size runs one more stable segment and its branch, nothing else
+    # (the segments before decay at the old largest budget, never reached: the peak lr throughout)
+    longer = run(tiny_bench(tmp_path, SIZES.replace('0.003', '0.004'), ['--reuse', '--ladder_only',
+                                                                         '--ladder=0.5,1.5,2'])[0])
+    ran = [re.search(r'--out_dir=\S*/(\S+)', line).group(1) for line in longer.splitlines() if 'train.py' in line]
+    assert sorted(re.sub(r'stable\d+$', 'stable', name) for name in ran) == sorted(
+        f'static-{name}-wsd-seed1-{run}' for name in ('small', '2x32-mlp64') for run in ('stable', 'x2'))
+    for name, peak in (('small', 0.004), ('2x32-mlp64', 0.001)):
+        kept = [d for d in os.listdir(out) if d.startswith(f'static-{name}-wsd-seed1-stable') and d not in ran]
+        assert kept and all(e['lr'] == peak for d in kept for e in evals_of(out / d) if e['iter'] > 5)
 
     picture = tmp_path / 'two_runs.png'
     stdout = run(['plot_run.py', str(out / 'growth-grow-seed1'), str(out / 'static-small-wsd-seed1-x1.5'),
