@@ -23,7 +23,8 @@ $ python bench_growth.py --jobs=2                     # tiny shakespeare, the sh
 $ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=config/gutenberg_cpu_sizes.yaml \
       --ladder=0.25,0.5,1.0 --ref_iters=12000 --jobs=2 --report=docs/growth_vs_envelope
 $ python bench_growth.py ... --lr_sweep=0.5,1,2       # each size at its table lr times each factor, one budget
-$ python bench_growth.py ... --ladder_only            # the sizes' table alone; a later run with --reuse keeps it
+$ python bench_growth.py ... --ladder_only            # the sizes' table alone; a later run with --reuse keeps it,
+                                                       # and with a larger budget added adds one segment a size
 
 Writes REPORT.md and REPORT.png (default docs/growth_vs_static); the run folders go to --out_dir.
 Its last line is speedup_envelope_median=.. speedup_same_size_median=.. budget_ratio_median=..
