@@ -127,7 +127,7 @@ def run_script(argv, timeout=300, env=None):
     server = fork_server()
     with tempfile.TemporaryDirectory() as folder:
         out, err = os.path.join(folder, 'stdout'), os.path.join(folder, 'stderr')
-        for path in (out, err):
+        for path in (out, err):  # here, not in the child: a child killed at once leaves them empty, not missing
             open(path, 'w').close()
         request = dict(argv=list(argv), cwd=REPO, env=env or train_env(), stdout=out, stderr=err)
         server.stdin.write((json.dumps(request) + '\n').encode())
