@@ -23,6 +23,7 @@ import os
 import pickle
 import sys
 import urllib.request
+from contextlib import contextmanager, suppress
 
 import numpy as np
 
@@ -166,9 +167,27 @@ def append_tokens(out, arrays):
     return n
 
 
-def write_meta(out_dir, meta):
-    with open(os.path.join(out_dir, "meta.pkl"), "wb") as f:
+def write_meta(path, meta):
+    with open(path, "wb") as f:
         pickle.dump(meta, f)
+
+
+@contextmanager
+def staged_outputs(out_dir, names):
+    """{name: out_dir/name.tmp}: the block writes each output there, and the .tmp files replace the
+    outputs only when the block finished. On any error they are removed, and the outputs of an
+    earlier run stay as they were (like the checkpoint writer)."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {name: os.path.join(out_dir, name + ".tmp") for name in names}
+    try:
+        yield paths
+    except BaseException:
+        for path in paths.values():
+            with suppress(FileNotFoundError):
+                os.remove(path)
+        raise
+    for name, path in paths.items():  # in the order given: meta.pkl last says the set is complete
+        os.replace(path, os.path.join(out_dir, name))
 
 
 def prepare(files, out_dir, tokenizer, val_fraction=0.1, chunk_chars=CHUNK_CHARS):
@@ -201,16 +220,15 @@ def prepare(files, out_dir, tokenizer, val_fraction=0.1, chunk_chars=CHUNK_CHARS
         meta = {"vocab_size": GPT2_VOCAB, "tokenizer": "gpt2"}
     print(f"vocab size: {meta['vocab_size']:,}")
 
-    os.makedirs(out_dir, exist_ok=True)
     n_train = n_val = 0
-    with open(os.path.join(out_dir, "train.bin"), "wb") as train_out, \
-            open(os.path.join(out_dir, "val.bin"), "wb") as val_out:
-        for path, n in zip(files, counts):
-            k = split_point(n, val_fraction)
-            with open_text(path) as f:
-                n_train += append_tokens(train_out, encode(read_pieces(f, k, chunk_chars)))
-                n_val += append_tokens(val_out, encode(read_pieces(f, n - k, chunk_chars)))
-    write_meta(out_dir, meta)
+    with staged_outputs(out_dir, ("train.bin", "val.bin", "meta.pkl")) as outputs:
+        with open(outputs["train.bin"], "wb") as train_out, open(outputs["val.bin"], "wb") as val_out:
+            for path, n in zip(files, counts):
+                k = split_point(n, val_fraction)
+                with open_text(path) as f:
+                    n_train += append_tokens(train_out, encode(read_pieces(f, k, chunk_chars)))
+                    n_val += append_tokens(val_out, encode(read_pieces(f, n - k, chunk_chars)))
+        write_meta(outputs["meta.pkl"], meta)
     print(f"train has {n_train:,} tokens")
     print(f"val has {n_val:,} tokens")
     return {"vocab_size": meta["vocab_size"], "train_tokens": n_train, "val_tokens": n_val}

@@ -14,7 +14,8 @@ Each book's Project Gutenberg header and licence footer (everything up to the `*
 and from the `*** END OF` line on) is cut; a book without those lines is refused. Line endings
 become \n, books are joined by a blank line. Tokens are the text's UTF-8 bytes (vocab 256, meta.pkl
 says tokenizer 'bytes'), so any text can be scored with no unknown symbols, and a loss in nats per
-token reads as bits per byte after dividing by ln 2.
+token reads as bits per byte after dividing by ln 2. The outputs replace those of an earlier run only
+when every book was read and checked (through .tmp files): a refused book leaves them as they were.
 """
 
 import argparse
@@ -28,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # data/, home of prepare_lib
 
-from prepare_lib import PrepareError, download, write_meta  # noqa: E402
+from prepare_lib import PrepareError, download, staged_outputs, write_meta  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BOOK_URL = "https://www.gutenberg.org/cache/epub/{n}/pg{n}.txt"
@@ -82,22 +83,22 @@ def prepare_books(books_dir, split_of, out_dir):
     missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
         raise PrepareError(f"{len(missing)} listed book(s) not found, first {missing[0]}")
-    counts = {}
-    for split in ("train", "val"):
-        numbers = sorted(n for n, s in split_of.items() if s == split)
+    numbers_of = {split: sorted(n for n, s in split_of.items() if s == split) for split in ("train", "val")}
+    for split, numbers in numbers_of.items():
         if not numbers:
             raise PrepareError(f"no book in the {split} split")
-        os.makedirs(out_dir, exist_ok=True)
-        n_bytes = 0
-        with open(os.path.join(out_dir, f"{split}.bin"), "wb") as out:
-            for i, n in enumerate(numbers):
-                text = book_text(paths[n]) + (b"\n\n" if i + 1 < len(numbers) else b"")
-                np.frombuffer(text, dtype=np.uint8).astype(np.uint16).tofile(out)
-                n_bytes += len(text)
-        counts[split] = (len(numbers), n_bytes)
-        print(f"{split}: {len(numbers)} books, {n_bytes:,} bytes (tokens)")
-    write_meta(out_dir, {"vocab_size": 256, "tokenizer": "bytes",
-                         "val_books": sorted(n for n, s in split_of.items() if s == "val")})
+    counts = {}
+    with staged_outputs(out_dir, ("train.bin", "val.bin", "meta.pkl")) as outputs:
+        for split, numbers in numbers_of.items():
+            n_bytes = 0
+            with open(outputs[f"{split}.bin"], "wb") as out:
+                for i, n in enumerate(numbers):
+                    text = book_text(paths[n]) + (b"\n\n" if i + 1 < len(numbers) else b"")
+                    np.frombuffer(text, dtype=np.uint8).astype(np.uint16).tofile(out)
+                    n_bytes += len(text)
+            counts[split] = (len(numbers), n_bytes)
+            print(f"{split}: {len(numbers)} books, {n_bytes:,} bytes (tokens)")
+        write_meta(outputs["meta.pkl"], {"vocab_size": 256, "tokenizer": "bytes", "val_books": numbers_of["val"]})
     return counts
 
 
