@@ -8,21 +8,30 @@ overrides applied in command-line order. Usage from a training script:
 
 A config file is plain Python, executed with the current config as its
 namespace, so it can read earlier values (e.g. `n_hidden = 4 * n_embd`).
+A schedule file (.yaml, .yml, .json, or YAML entries with a `name`) given in
+its place is refused with a pointer to --scaling_schedule_file.
 Every name it sets that does not start with `_` (and is not a module,
 function or class) must be a known config key.
 
 Values must keep the type of their default; the only conversions are
 int -> float and list <-> tuple. Ranges are not checked here: nan and inf are
 accepted for float keys, and train.py validates the values it uses.
+
+--help or -h: a script checks help_requested(argv) before configure and calls
+print_help(usage, defaults, key_comments(its own file)), which lists every key
+with its default and the comment its `key = value  # comment` line has.
 """
 
 import ast
 import copy
 import difflib
+import io
+import tokenize
 import traceback
 import types
 
 _NOT_CONFIG = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+SCHEDULE_SUFFIXES = (".yaml", ".yml", ".json")  # schedule files; a config file is Python
 
 
 class ConfigError(Exception):
@@ -52,6 +61,8 @@ def _apply_config_file(config: dict, path: str, verbose: bool) -> None:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
+    if path.endswith(SCHEDULE_SUFFIXES):
+        _refuse_schedule(config, path)
     if verbose:
         print(f"Overriding config with {path}:")
         print(source)
@@ -59,6 +70,8 @@ def _apply_config_file(config: dict, path: str, verbose: bool) -> None:
     try:
         code = compile(source, path, "exec")
     except SyntaxError as e:
+        if _parses_as_schedule(source):
+            _refuse_schedule(config, path)
         raise ConfigError(f"{path}, line {e.lineno}: SyntaxError: {e.msg}") from None
     namespace = copy.deepcopy(config)
     try:
@@ -73,6 +86,58 @@ def _apply_config_file(config: dict, path: str, verbose: bool) -> None:
             continue
         _check_known(config, key, path)
         config[key] = _coerce(value, config[key], f"{path}: {key} = {value!r}")
+
+
+def _parses_as_schedule(source: str) -> bool:
+    """Whether text that is not Python reads as a schedule: a YAML list of entries with a `name`."""
+    import yaml
+    try:
+        entries = yaml.safe_load(source)
+    except (yaml.YAMLError, RecursionError):
+        return False
+    return isinstance(entries, list) and any(isinstance(entry, dict) and "name" in entry for entry in entries)
+
+
+def _refuse_schedule(config: dict, path: str) -> None:
+    fix = (f"pass it as --scaling_schedule_file={path}" if "scaling_schedule_file" in config
+           else "a config file is Python, `key = value` lines")
+    raise ConfigError(f"{path} looks like a schedule file, not a config: {fix}")
+
+
+def help_requested(argv: list[str]) -> bool:
+    """Whether the command line asks for the usage (--help or -h, anywhere in it)."""
+    return any(arg in ('--help', '-h') for arg in argv)
+
+
+def key_comments(path: str) -> dict:
+    """{key: comment} from a script's config section: its module-level `key = value  # comment` lines
+    and the `key=value,  # comment` lines of a module-level `NAME = dict(...)`."""
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    comment_on_line = {token.start[0]: token.string.lstrip("#").strip()
+                       for token in tokenize.generate_tokens(io.StringIO(source).readline)
+                       if token.type == tokenize.COMMENT}
+    comments = {}
+    for node in ast.parse(source, path).body:
+        if not isinstance(node, ast.Assign):
+            continue
+        keys = [(target.id, node.lineno) for target in node.targets if isinstance(target, ast.Name)]
+        if isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "dict":
+            keys += [(keyword.arg, keyword.lineno) for keyword in node.value.keywords if keyword.arg]
+        for key, line in keys:
+            if line in comment_on_line:
+                comments.setdefault(key, comment_on_line[line])
+    return comments
+
+
+def print_help(usage: str, defaults: dict, comments: dict) -> None:
+    """The usage line, then one line per key: `key = default`, and its comment where it has one."""
+    settings = {key: f"{key} = {value!r}" for key, value in defaults.items()}
+    width = min(40, max(map(len, settings.values()), default=0))
+    print(usage)
+    print("config keys and their defaults:")
+    for key, setting in settings.items():
+        print(f"  {setting:<{width}}  # {comments[key]}" if key in comments else f"  {setting}")
 
 
 def _apply_cli_arg(config: dict, arg: str, verbose: bool) -> None:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint as ckpt_files
-from configurator import ConfigError, UserError, configure
+from configurator import ConfigError, UserError, configure, help_requested, key_comments, print_help
 from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, GPTConfig,
                    carry_optimizer_state, hf_model_args, import_transformers, mask_at)
 
@@ -1569,6 +1569,9 @@ def main(config):
 
 def run_from_command_line(argv):
     """Apply the config file and overrides, run, and turn user errors into one message."""
+    if help_requested(argv):
+        return print_help("usage: python train.py [config.py ...] [--key=value ...]", config_defaults,
+                          key_comments(__file__))
     try:
         main(setup(configure(argv, {k: globals()[k] for k in config_keys})))
     except (UserError, ConfigError) as e:
