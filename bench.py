@@ -17,7 +17,7 @@ import time
 import torch
 
 import train
-from configurator import ConfigError, configure
+from configurator import ConfigError, configure, help_requested, key_comments, print_help
 from model import GPTConfig
 
 BENCH_DEFAULTS = dict(
@@ -38,6 +38,9 @@ def random_batch(vocab_size):
 
 def main(argv):
     defaults = dict({k: getattr(train, k) for k in train.config_keys}, **BENCH_DEFAULTS)
+    if help_requested(argv):
+        return print_help("usage: python bench.py [config.py ...] [--key=value ...]", defaults,
+                          dict(key_comments(train.__file__), **key_comments(__file__)))
     config = configure(argv, defaults)
     checkpoint = None
     if config['init_from'] == 'resume':

@@ -299,7 +299,7 @@ def best_of(results, names):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default='config/train_shakespeare_char_cpu_growth.py')
     parser.add_argument('--schedule', default='', help="the growth schedule (default: the config's scaling_schedule_file)")
     parser.add_argument('--sizes', default='', help="YAML/JSON table of static sizes, each with its tuned learning_rate")

@@ -23,11 +23,19 @@ import time
 import torch
 
 import train
-from configurator import ConfigError, configure
+from configurator import ConfigError, configure, help_requested, key_comments, print_help
 from model import GPTConfig
 
-DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, block_size=1024, device='cpu', seed=1337,
-                repeats=1)
+DEFAULTS = dict(
+    n_layer=12,  # the model the ops grow: GPT-2 124M by default
+    n_head=12,
+    n_embd=768,
+    vocab_size=50304,
+    block_size=1024,
+    device='cpu',
+    seed=1337,
+    repeats=1,  # each op this many times: the fastest op against the fastest floor
+)
 
 # (name, value, what the starting model differs in): stacking starts at half the depth, LoRA ops with rank 8 on
 OPS = [('stack_layers', 2, dict(half_depth=True)),
@@ -69,6 +77,8 @@ def floor_seconds(repeats=3):
 
 
 def main(argv):
+    if help_requested(argv):
+        return print_help("usage: python bench_ops.py [--key=value ...]", DEFAULTS, key_comments(__file__))
     config = configure(argv, DEFAULTS)
     train.setup(dict(device=config['device'], compile=False, seed=config['seed'],
                      growth_optimizer_state='carry'))

@@ -84,11 +84,12 @@ def rebind(base, base_optimizer, model):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument('--data_dir', default=os.path.join('data', 'shakespeare_char'))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data_dir', default=os.path.join('data', 'shakespeare_char'),
+                        help="a char-level train.bin and val.bin (vocab 65)")
     parser.add_argument('--steps', type=int, default=500, help="steps before the op, and after it")
     parser.add_argument('--noise', default='0.3,1.0', help="widen_mlp noise levels to try besides exact (0)")
-    parser.add_argument('--seed', type=int, default=1)
+    parser.add_argument('--seed', type=int, default=1, help="seeds the model's init, the batches and the widening")
     args = parser.parse_args()
     data = {split: np.memmap(os.path.join(args.data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
             for split in ('train', 'val')}

@@ -18,7 +18,7 @@ import sys
 import torch
 
 from checkpoint import load_checkpoint
-from configurator import ConfigError, UserError, configure
+from configurator import ConfigError, UserError, configure, help_requested, key_comments, print_help
 from model import GPT, import_transformers
 
 # -----------------------------------------------------------------------------
@@ -135,8 +135,13 @@ def export(run_dir, folder, tokenizer_from=''):
 
 
 if __name__ == '__main__':
+    defaults = {k: globals()[k] for k in config_keys}
+    if help_requested(sys.argv[1:]):
+        print_help("usage: python export_hf.py --out_dir=RUN --hf_dir=FOLDER [--key=value ...]", defaults,
+                   key_comments(__file__))
+        sys.exit(0)
     try:
-        globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+        globals().update(configure(sys.argv[1:], defaults))
         if not hf_dir:
             raise UserError("hf_dir: give the folder to write, e.g. --hf_dir=hf-model")
         export(out_dir, hf_dir, tokenizer_dir)

@@ -53,7 +53,7 @@ def plot_runs(runs, path, title=''):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('out_dirs', nargs='+', help="run folders holding events.jsonl")
     parser.add_argument('--out', default='run.png', help="the PNG to write")
     args = parser.parse_args()

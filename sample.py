@@ -2,6 +2,8 @@
 Sample from a trained model, grown ones included: the checkpoint alone says what the model is.
 
 $ python sample.py --out_dir=out-shakespeare-char-cpu --device=cpu
+
+Without --device it samples on cuda, or on cpu (saying so) where this torch sees no CUDA device.
 """
 
 import os
@@ -12,7 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from checkpoint import load_checkpoint
-from configurator import ConfigError, UserError, configure
+from configurator import ConfigError, UserError, configure, help_requested, key_comments, print_help
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -23,7 +25,7 @@ max_new_tokens = 500  # number of tokens generated in each sample
 temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, in predictions
 top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability
 seed = 1337
-device = 'cuda'  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc.
+device = 'cuda'  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc.; not given and no CUDA: cpu
 dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if torch.cuda.is_available() else 'float32'
 compile = False  # use PyTorch 2.0 to compile the model to be faster
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
@@ -47,6 +49,25 @@ def codec(checkpoint):
         return (lambda s: list(s.encode('utf-8'))), (lambda tokens: bytes(tokens).decode('utf-8', errors='replace'))
     stoi, itos = meta['stoi'], meta['itos']
     return (lambda s: [stoi[c] for c in s]), (lambda tokens: ''.join(itos[i] for i in tokens))
+
+
+def check_sampling(temperature, top_k):
+    if not temperature > 0:
+        raise UserError(f"temperature: expected a number > 0, got {temperature} (the logits are divided by it; "
+                        "for greedy sampling use --top_k=1)")
+    if top_k < 1:
+        raise UserError(f"top_k: expected an integer >= 1, got {top_k} (1 samples greedily; a top_k of the "
+                        "vocabulary size or more keeps every token)")
+
+
+def sampling_device(device, given):
+    """The device to sample on: cpu, with a note, when cuda was only the default and this torch sees no CUDA."""
+    if not device.startswith('cuda') or torch.cuda.is_available():
+        return device
+    if given:
+        raise UserError(f"device: {device!r}, but this torch sees no CUDA device; sample with --device=cpu")
+    print("no CUDA device: sampling on cpu")
+    return 'cpu'
 
 
 def main():
@@ -86,8 +107,14 @@ def main():
 
 
 if __name__ == '__main__':
+    defaults = {k: globals()[k] for k in config_keys}
+    if help_requested(sys.argv[1:]):
+        print_help("usage: python sample.py [--key=value ...]", defaults, key_comments(__file__))
+        sys.exit(0)
     try:
-        globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+        globals().update(configure(sys.argv[1:], defaults))
+        check_sampling(temperature, top_k)
+        device = sampling_device(device, given=any(arg.startswith('--device=') for arg in sys.argv[1:]))
         main()
     except (UserError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
