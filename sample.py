@@ -52,6 +52,7 @@ def codec(checkpoint):
 
 
 def check_sampling(temperature, top_k):
+    """Refuse a temperature or top_k that model.generate cannot sample with."""
     if not temperature > 0:
         raise UserError(f"temperature: expected a number > 0, got {temperature} (the logits are divided by it; "
                         "for greedy sampling use --top_k=1)")
