@@ -1,7 +1,9 @@
 """The repo's own checks: the documented test commands run as written, and the linter finds nothing."""
 
 import ast
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -111,3 +113,31 @@ def test_setup_sets_the_config_and_refuses_unknown_keys(monkeypatch):
     assert train.data_generator.initial_seed() == 7  # the runtime started with the new seed
     with pytest.raises(train.UserError, match="setup: not config keys: model, n_layers"):
         train.setup(dict(n_layers=2, model=None))
+
+
+# third-party modules the scripts import, by the distribution name a requirements file gives them
+DISTRIBUTION = {'yaml': 'pyyaml'}
+
+
+def test_requirements_cover_what_the_scripts_import():
+    """plot_run.py, a README command, imports matplotlib, which only requirements-dev.txt had: the README's
+    install left it failing. Every third-party module a script imports is in requirements.txt, or in
+    requirements-hf.txt (the optional Hugging Face interop)."""
+    scripts = [path for path in glob.glob(os.path.join(REPO, '*.py')) + glob.glob(os.path.join(REPO, 'data', '**', '*.py'), recursive=True)
+               if not os.path.basename(path).startswith('test_') and os.path.basename(path) != 'conftest.py']
+    local = {os.path.basename(path)[:-3] for path in glob.glob(os.path.join(REPO, '**', '*.py'), recursive=True)}
+    imported = set()
+    for path in scripts:
+        with open(path) as f:
+            for node in ast.walk(ast.parse(f.read())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+                imported |= {name.split('.')[0] for name in names}
+    third_party = {DISTRIBUTION.get(m, m) for m in imported - set(sys.stdlib_module_names) - local}
+    assert {'torch', 'numpy', 'matplotlib', 'transformers'} <= third_party  # the search finds what is there
+    required = {}
+    for name in ('requirements.txt', 'requirements-hf.txt'):
+        with open(os.path.join(REPO, name)) as f:
+            required[name] = {re.match(r'[\w-]+', line)[0].lower() for line in f if re.match(r'[\w-]', line)}
+    assert third_party - required['requirements.txt'] == {'transformers'}
+    assert 'transformers' in required['requirements-hf.txt']
