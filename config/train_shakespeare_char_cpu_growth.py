@@ -38,7 +38,7 @@ beta2 = 0.99
 warmup_iters = 100
 
 device = 'cpu'
-dtype = 'float32'  # 'bfloat16' runs under cpu autocast
+dtype = 'float32'  # 'bfloat16' runs under cpu autocast, but about 10x slower at the CPU recipe's size (docs/benchmarks.md)
 compile = False
 
 scaling_schedule_file = 'configs/shakespeare_char_cpu_growth.yaml'

@@ -120,16 +120,16 @@ def server_says(server, word, timeout=None):
     return int(line.split()[1])
 
 
-def run_script(argv, timeout=300, env=None):
-    """`python ARGV...` in the repo with env, as subprocess.run(capture_output=True, text=True) would run
-    it, but forked from the fork server, which has torch and train imported (tests/zygote.py): a tiny
+def run_script(argv, timeout=300, env=None, cwd=REPO):
+    """`python ARGV...` in cwd (the repo) with env, as subprocess.run(capture_output=True, text=True) would
+    run it, but forked from the fork server, which has torch and train imported (tests/zygote.py): a tiny
     run starts in milliseconds instead of seconds."""
     server = fork_server()
     with tempfile.TemporaryDirectory() as folder:
         out, err = os.path.join(folder, 'stdout'), os.path.join(folder, 'stderr')
         for path in (out, err):  # here, not in the child: a child killed at once leaves them empty, not missing
             open(path, 'w').close()
-        request = dict(argv=list(argv), cwd=REPO, env=env or train_env(), stdout=out, stderr=err)
+        request = dict(argv=list(argv), cwd=str(cwd), env=env or train_env(), stdout=out, stderr=err)
         server.stdin.write((json.dumps(request) + '\n').encode())
         pid = server_says(server, 'pid')
         try:

@@ -18,7 +18,7 @@ Property-based fuzzing (issue 15) with hypothesis, in-process, on tiny CPU model
 
 Examples are derandomized (the same ones in every CI run). FUZZ_SCALE=N runs N times as many, e.g.
 `FUZZ_SCALE=20 python -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics` (the figures are
-in the README).
+in docs/testing.md).
 """
 
 import contextlib

@@ -1,13 +1,18 @@
-"""The repo's own checks: the documented test commands run as written, and the linter finds nothing."""
+"""The repo's own checks: the documented commands run as written, the docs' links resolve, the
+requirements cover what the scripts import, and the linter finds nothing."""
 
 import ast
+import glob
 import os
+import re
+import shlex
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from helpers import REPO
+from helpers import REPO, run_script, write_char_data
 
 
 def collected(args, cwd):
@@ -111,3 +116,166 @@ def test_setup_sets_the_config_and_refuses_unknown_keys(monkeypatch):
     assert train.data_generator.initial_seed() == 7  # the runtime started with the new seed
     with pytest.raises(train.UserError, match="setup: not config keys: model, n_layers"):
         train.setup(dict(n_layers=2, model=None))
+
+
+README = os.path.join(REPO, 'README.md')
+
+
+def fenced_blocks(path):
+    """(language, lines) of each fenced code block of a Markdown file."""
+    blocks, language, lines = [], None, []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            if line.startswith('```') and language is None:
+                language, lines = line[3:].strip(), []
+            elif line.startswith('```'):
+                blocks.append((language, lines))
+                language = None
+            elif language is not None:
+                lines.append(line.rstrip('\n'))
+    return blocks
+
+
+def readme_commands():
+    """The shell commands of README.md (its fenced blocks without a language), one per line, as argv
+    lists with the comments cut."""
+    return [shlex.split(line, comments=True) for language, lines in fenced_blocks(README) if language == ''
+            for line in lines if line.strip()]
+
+
+def named_files(argv):
+    """The repository files a command names: arguments and --key=values that end like a script, config,
+    schedule or requirements file (outside paths, ../shared, are the user's)."""
+    values = [arg.split('=', 1)[-1] for arg in argv]
+    return [v for v in values if re.fullmatch(r'[\w./-]+\.(py|yaml|yml|json|txt)', v) and not v.startswith('..')]
+
+
+def test_readme_commands_name_files_that_exist():
+    commands = readme_commands()
+    assert ['python', 'train.py', 'config/train_shakespeare_char_cpu.py'] in commands
+    missing = [(' '.join(argv), name) for argv in commands for name in named_files(argv)
+               if not os.path.isfile(os.path.join(REPO, name))]
+    assert missing == []
+
+
+def heading_anchors(path):
+    """GitHub's anchors for a Markdown file's headings (lowercase, punctuation dropped, spaces to -)."""
+    code = {line for _, lines in fenced_blocks(path) for line in lines}
+    with open(path, encoding='utf-8') as f:
+        headings = [line.lstrip('#').strip() for line in f if line.startswith('#') and line.rstrip('\n') not in code]
+    return {re.sub(r'[^\w\- ]', '', h.lower()).replace(' ', '-') for h in headings}
+
+
+def broken_links(path):
+    """The relative links of a Markdown file whose file, or heading anchor, does not exist."""
+    with open(path, encoding='utf-8') as f:
+        targets = re.findall(r'\]\(([^)\s]+)\)', f.read())
+    broken = []
+    for target in targets:
+        if re.match(r'[a-z]+:', target):
+            continue
+        name, _, anchor = target.partition('#')
+        linked = os.path.join(os.path.dirname(path), name) if name else path
+        if not os.path.exists(linked) or anchor and anchor not in heading_anchors(linked):
+            broken.append(target)
+    return broken
+
+
+def test_heading_anchors_and_broken_links(tmp_path):
+    page = tmp_path / 'page.md'
+    page.write_text("# A page\n## bf16 on CPU, `dtype` (GPT-2)\n```\n# not a heading\n```\n"
+                    "[a](#bf16-on-cpu-dtype-gpt-2) [b](#not-a-heading) [c](page.md#a-page) [d](gone.md) "
+                    "[e](https://example.com/x)\n")
+    assert heading_anchors(page) == {'a-page', 'bf16-on-cpu-dtype-gpt-2'}
+    assert broken_links(page) == ['#not-a-heading', 'gone.md']
+
+
+def test_readme_is_short_and_every_link_resolves():
+    """README.md was 437 lines, half of it measurement history; that lives in docs/ now."""
+    with open(README, encoding='utf-8') as f:
+        assert len(f.readlines()) < 250
+    pages = [README, os.path.join(REPO, 'README_ORCHESTRATOR.md')] + sorted(glob.glob(os.path.join(REPO, 'docs', '*.md')))
+    assert {os.path.relpath(page, REPO): broken_links(page) for page in pages} == {
+        os.path.relpath(page, REPO): [] for page in pages}
+
+
+# third-party modules the scripts import, by the distribution name a requirements file gives them
+DISTRIBUTION = {'yaml': 'pyyaml'}
+
+
+def test_requirements_cover_what_the_scripts_import():
+    """plot_run.py, a README command, imports matplotlib, which only requirements-dev.txt had: the README's
+    install left it failing. Every third-party module a script imports is in requirements.txt, or in
+    requirements-hf.txt (the optional Hugging Face interop)."""
+    scripts = [path for path in glob.glob(os.path.join(REPO, '*.py')) + glob.glob(os.path.join(REPO, 'data', '**', '*.py'), recursive=True)
+               if not os.path.basename(path).startswith('test_') and os.path.basename(path) != 'conftest.py']
+    local = {os.path.basename(path)[:-3] for path in glob.glob(os.path.join(REPO, '**', '*.py'), recursive=True)}
+    imported = set()
+    for path in scripts:
+        with open(path) as f:
+            for node in ast.walk(ast.parse(f.read())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+                imported |= {name.split('.')[0] for name in names}
+    third_party = {DISTRIBUTION.get(m, m) for m in imported - set(sys.stdlib_module_names) - local}
+    assert {'torch', 'numpy', 'matplotlib', 'transformers'} <= third_party  # the search finds what is there
+    required = {}
+    for name in ('requirements.txt', 'requirements-hf.txt'):
+        with open(os.path.join(REPO, name)) as f:
+            required[name] = {re.match(r'[\w-]+', line)[0].lower() for line in f if re.match(r'[\w-]', line)}
+    assert third_party - required['requirements.txt'] == {'transformers'}
+    assert 'transformers' in required['requirements-hf.txt']
+
+
+# the README's commands that run in seconds, and what each prints (or writes) when it worked; the rest
+# download, train for minutes or need GPUs. A README command spelled differently from its entry here
+# fails the test: change both together.
+CHEAP_README_COMMANDS = {
+    'python train.py config/train_shakespeare_char_cpu_growth.py --dry_run=True': 'plan: 1 operations',
+    'python train.py config/train_gpt2_growth.py --dry_run=True': 'plan: 2 operations',
+    'python sample.py --out_dir=out-shakespeare-char-cpu --device=cpu': '---------------',
+    'python plot_run.py out-shakespeare-char-cpu': 'wrote run.png',
+    'python bench.py config/train_shakespeare_char_cpu.py': 'ms/iter ',
+}
+
+
+@pytest.fixture(scope='module')
+def user_folder(tmp_path_factory):
+    """A folder where the README's commands run as a user types them: the repository's scripts and
+    configs linked, tiny character data where the configs read theirs (data/shakespeare_char for the
+    CPU recipes, data/corpus for the GPT-2 recipe), and a tiny run in the quick start's out_dir. The
+    commands write here, never into the checkout."""
+    root = tmp_path_factory.mktemp('user')
+    for name in os.listdir(REPO):
+        if name.endswith('.py') or name in ('config', 'configs'):
+            os.symlink(os.path.join(REPO, name), root / name)
+    write_char_data(root / 'data' / 'shakespeare_char')
+    write_char_data(root / 'data' / 'corpus')
+    tiny = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--max_iters=2', '--eval_interval=2',
+            '--eval_iters=1', '--warmup_iters=1', '--always_save_checkpoint=True']
+    run = run_script(['train.py', 'config/train_shakespeare_char_cpu.py'] + tiny, cwd=root)
+    assert run.returncode == 0 and (root / 'out-shakespeare-char-cpu' / 'ckpt.pt').is_file(), run.stderr
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('command', CHEAP_README_COMMANDS)
+def test_cheap_readme_command_runs_as_written(command, user_folder):
+    """The README's dry run of the GPT-2 recipe once failed for want of data/corpus the README never made."""
+    assert shlex.split(command) in readme_commands()
+    result = run_script(shlex.split(command)[1:], cwd=user_folder)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert CHEAP_README_COMMANDS[command] in result.stdout
+
+
+@pytest.mark.slow
+def test_readme_schedule_example_is_a_valid_schedule(tmp_path, user_folder):
+    """The README's YAML schedule plans on the CPU recipe's model."""
+    [example] = [lines for language, lines in fenced_blocks(README) if language == 'yaml']
+    schedule = tmp_path / 'schedule.yaml'
+    schedule.write_text('\n'.join(example) + '\n')
+    assert [entry['name'] for entry in yaml.safe_load(schedule.read_text())] == ['change_lr', 'stack_layers']
+    result = run_script(['train.py', 'config/train_shakespeare_char_cpu.py', '--dry_run=True',
+                         f'--scaling_schedule_file={schedule}'], cwd=user_folder)
+    assert result.returncode == 0, result.stderr
+    assert 'plan: 2 operations' in result.stdout and 'n_layer 8' in result.stdout
