@@ -95,7 +95,7 @@ def main():
 
     def read_log():
         for line in process.stdout:
-            match = re.match(r'iter (\d+):', line)
+            match = re.match(r'iter (\d+)/', line)
             if match:
                 progress['iter'] = int(match.group(1))
             progress['ops'] += line.startswith('=== SCALING OPERATION COMPLETE')

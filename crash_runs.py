@@ -145,7 +145,7 @@ def sigkill_chain(rng, out, schedule_file, n_kills, tally):
         resume = os.path.isfile(os.path.join(out, 'ckpt.pt'))
         moment, occurrence = rng.choice(['iter', 'save', 'op']), 1
         if moment == 'iter':
-            wanted, delay = f"iter {rng.randrange(MAX_ITERS)}:", rng.uniform(0, 0.010)
+            wanted, delay = f"iter {rng.randrange(MAX_ITERS)}/", rng.uniform(0, 0.010)
         elif moment == 'save':  # one of the next 4 checkpoints
             wanted, delay, occurrence = 'saving checkpoint', rng.uniform(0, 0.002), rng.randint(1, 4)
         else:  # one of the next 3 ops
@@ -213,7 +213,7 @@ def main():
             pids = worker_pids(process.pid)
             for rank in ranks:
                 os.kill(pids[rank], signal.SIGTERM)
-        code, output, sent = run_until(command(out, schedule_file, ddp=True), f"iter {after}:",
+        code, output, sent = run_until(command(out, schedule_file, ddp=True), f"iter {after}/",
                                        rng.uniform(0, 0.010), terminate)
         stops = [line for line in output.splitlines() if line.startswith('stop requested: checkpoint at iter ')]
         term['sigterms'] += sent

@@ -1080,12 +1080,15 @@ def set_rng_state(state, generator):
         torch.cuda.set_rng_state(state['cuda'], torch.device(device))
 
 
-def event_iter(line):
-    """The iter of one events.jsonl line; None for a line torn by a crash mid-write."""
+def kept_on_resume(line, keep_through_iter):
+    """Whether a run resumed at keep_through_iter keeps this events.jsonl line: an event up to that iter,
+    not a line torn by a crash mid-write, nor the summary of the run that stopped there (the resumed run
+    ends with its own)."""
     try:
-        return json.loads(line)['iter']
+        event = json.loads(line)
+        return event['iter'] <= keep_through_iter and event['event'] != 'summary'
     except (json.JSONDecodeError, KeyError, TypeError):
-        return None
+        return False
 
 
 class EventLog:
@@ -1102,7 +1105,7 @@ class EventLog:
     def truncate_after(self, keep_through_iter):
         """A resumed run redoes what came after its checkpoint: drop those old events."""
         with open(self.path) as f:
-            kept = [line for line in f if event_iter(line) is not None and event_iter(line) <= keep_through_iter]
+            kept = [line for line in f if kept_on_resume(line, keep_through_iter)]
         tmp = self.path + '.tmp'
         with open(tmp, 'w') as f:
             f.writelines(kept)
@@ -1262,6 +1265,8 @@ def wrap_model():
     """torch.compile and DDP around the model; redone after every change of its structure."""
     global eval_model, train_model
     if compile:
+        if master_process:
+            print("compiling the model (torch.compile); the first iteration takes longer")
         torch._dynamo.reset()  # a grown model is a new graph; do not pile up recompilations
         eval_model = torch.compile(model)
     else:
@@ -1437,6 +1442,87 @@ def per_gpu_mfu(flops, dt):
     return model.estimate_mfu(flops / ddp_world_size, dt)
 
 
+def duration(seconds):
+    """Wall time as a person reads it: 9s, 2m14s, 1h02m."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class StepClock:
+    """The wall time of the run (since this process started it, a resume too), of each training step,
+    and the ETA. It is given timestamps (main: time.time()), so a test can make them up."""
+
+    def __init__(self, start):
+        self.start = start
+        self.restart(start)
+
+    def restart(self, now):
+        """After an eval (its ops, its checkpoint) or a re-wrap: the next step's time starts now, and the
+        ETA's mean starts over."""
+        self.t0 = now
+        self.first_step, self.later_steps, self.later_seconds = None, 0, 0.0
+
+    def step(self, now):
+        """The time of the training step that ended now."""
+        dt, self.t0 = now - self.t0, now
+        if self.first_step is None:
+            self.first_step = dt
+        else:
+            self.later_steps += 1
+            self.later_seconds += dt
+        return dt
+
+    def elapsed(self, now):
+        return now - self.start
+
+    def eta(self, iters_left):
+        """iters_left at the mean step time since the last restart, evals left out; the first step after
+        it (compilation, warm-up) counts only while it is the only one."""
+        mean = self.later_seconds / self.later_steps if self.later_steps else self.first_step
+        return iters_left * mean
+
+
+def log_line(iter_num, lossf, dt, tokens, elapsed, eta, mfu=None):
+    """nanoGPT's iteration line with progress, throughput and time; the MFU (cuda only) once measured."""
+    line = (f"iter {iter_num}/{max_iters}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens / dt:,.0f}, "
+            f"elapsed {duration(elapsed)}, eta {duration(eta)}")
+    return line if mfu is None else line + f", mfu {mfu * 100:.2f}%"
+
+
+def run_summary(events, elapsed_s):
+    """The end of a run as one event: from its events.jsonl (the whole run, before a resume too) the lowest
+    val loss of an eval and its iter, the last eval's val loss and the ops that fired; the counters; the
+    checkpoint (relative to out_dir), None if there is none."""
+    evals = [e for e in events if e['event'] == 'eval']
+    lowest = min(evals, key=lambda e: e['val_loss'], default=dict(val_loss=None, iter=None))
+    has_checkpoint = os.path.isfile(os.path.join(out_dir, 'ckpt.pt'))
+    return dict(event='summary', iter=progress['iter_num'], min_val_loss=lowest['val_loss'],
+                min_val_iter=lowest['iter'], final_val_loss=evals[-1]['val_loss'] if evals else None,
+                elapsed_s=elapsed_s, flops=progress['flops'], eval_flops=progress['eval_flops'],
+                tokens=progress['tokens'], checkpoint='ckpt.pt' if has_checkpoint else None,
+                ops_fired=[dict(name=e['name'], iter=e['iter']) for e in events if e['event'] == 'op'])
+
+
+def print_summary(log_event, elapsed_s):
+    """Rank 0, once the loop is over: a few lines on what the run did, and the same as a summary event."""
+    with open(log_event.path) as f:
+        summary = run_summary([json.loads(line) for line in f if line.strip()], elapsed_s)
+    vals = ''
+    if summary['final_val_loss'] is not None:  # None: events.jsonl has no eval (deleted before a resume)
+        vals = (f", best val {summary['min_val_loss']:.4f} (iter {summary['min_val_iter']}), "
+                f"final val {summary['final_val_loss']:.4f}")
+    checkpoint = os.path.join(out_dir, summary['checkpoint']) if summary['checkpoint'] else 'none'
+    ops = ', '.join(f"{op['name']}@{op['iter']}" for op in summary['ops_fired']) or 'none'
+    print(f"done: iter {summary['iter']}{vals}, wall {duration(elapsed_s)}")
+    print(f"  training flops {summary['flops']:.3e}, tokens {summary['tokens']:,}, checkpoint {checkpoint}")
+    print(f"  ops fired: {ops}")
+    log_event(summary)
+
+
 def stop_requested():
     """A SIGTERM/SIGINT arrived (under DDP: on any rank, agreed at log intervals)."""
     if not ddp:
@@ -1503,13 +1589,14 @@ def main(config):
     signal.signal(signal.SIGTERM, lambda *_: stop_signals.append(True))
     signal.signal(signal.SIGINT, lambda *_: stop_signals.append(True))
 
-    t0 = run_start = time.time()
+    clock = StepClock(time.time())
     local_iter_num = 0
-    running_mfu = -1.0
+    running_mfu = None
     while True:
         iter_num = progress['iter_num']
         if advance_ramp(iter_num):
             wrap_model()
+            clock.restart(time.time())
 
         on_eval_grid = iter_num == progress['next_eval_iter']
         # a run resumed from its last checkpoint (iter max_iters) had its final eval before that checkpoint
@@ -1522,7 +1609,7 @@ def main(config):
             if master_process:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {val_loss:.4f}, "
                       f"flops {progress['flops']:.3e}, tokens {progress['tokens']:,}")
-                log_event(eval_event(losses, time.time() - run_start))
+                log_event(eval_event(losses, clock.elapsed(time.time())))
             # the schedule runs at every eval on the grid, the last one too, so that a run resumed from
             # here with a larger max_iters continues exactly; an extra final eval off the grid only reports
             if on_eval_grid:
@@ -1535,6 +1622,7 @@ def main(config):
                 progress['best_val_loss'] = val_loss
             if (improved or always_save_checkpoint) and iter_num > 0:
                 write_checkpoint(config, wandb_run)
+            clock.restart(time.time())  # the next step's time leaves out the eval, its ops and checkpoint
         if iter_num >= max_iters or (iter_num == 0 and eval_only):
             break
         if stop_requested():
@@ -1549,19 +1637,21 @@ def main(config):
         progress['flops'] += flops
 
         # timing and logging
-        t1 = time.time()
-        dt, t0 = t1 - t0, t1
+        now = time.time()
+        dt = clock.step(now)
         if iter_num % log_interval == 0 and master_process:
             # get loss as float. note: this is a CPU-GPU sync point
             lossf = loss.item() * micro_steps
-            if local_iter_num >= 5:  # let the training loop settle a bit
+            if device_type == 'cuda' and local_iter_num >= 5:  # a GPU's peak; let the training loop settle a bit
                 mfu = per_gpu_mfu(flops, dt)
-                running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
-                  f"tok/s {tokens / dt:,.0f}, mfu {running_mfu * 100:.2f}%")
+                running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
+            print(log_line(iter_num, lossf, dt, tokens, clock.elapsed(now), clock.eta(max_iters - iter_num - 1),
+                           running_mfu))
         progress['iter_num'] += 1
         local_iter_num += 1
 
+    if master_process and progress['iter_num'] >= max_iters:
+        print_summary(log_event, clock.elapsed(time.time()))
     if ddp:
         dist.barrier()  # every rank done with the group before any tears it down (gloo aborts otherwise, now and then)
         dist.destroy_process_group()

@@ -148,7 +148,7 @@ def test_ddp_rank_killed_then_resumed(setup, tmp_path):
     out = tmp_path / 'out'
     process = start_train(setup['args'](out, max_iters=1000), command=TORCHRUN + ['train.py'])
     try:
-        wait_for_line(process, 'iter 25:')
+        wait_for_line(process, 'iter 25/')
         workers = worker_pids(process.pid)
         assert sorted(workers) == [0, 1]
         os.kill(workers[1], signal.SIGKILL)

@@ -126,7 +126,7 @@ def stop_with_signal(setup, out, signum, after_iter, **overrides):
     Returns the iteration of its checkpoint."""
     process = start_train(setup['args'](out, **overrides))
     try:
-        wait_for_line(process, f'iter {after_iter}:')
+        wait_for_line(process, f'iter {after_iter}/')
         process.send_signal(signum)
         output, _ = process.communicate(timeout=120)
     finally:
@@ -154,7 +154,7 @@ def test_kill_9_at_a_random_iteration(setup, tmp_path):
     out = tmp_path / 'out'
     process = start_train(setup['args'](out))
     try:
-        wait_for_line(process, f'iter {kill_after}:')
+        wait_for_line(process, f'iter {kill_after}/')
         process.kill()
         output, _ = process.communicate(timeout=60)
     finally:

@@ -58,6 +58,7 @@ def test_200_entry_schedule_fires_every_op_once_in_order(tmp_path):
         sequence.append(('eval', it, None))
         if it > 0:
             sequence += [('op', it, i) for i in range(4 * (it // 2 - 1), 4 * (it // 2))]
+    sequence.append(('summary', 100, None))
     assert [(e['event'], e['iter'], e.get('index')) for e in events] == sequence
 
     ops = [e for e in events if e['event'] == 'op']

@@ -197,7 +197,8 @@ def test_grown_checkpoint_rebuilds_the_model(runs, monkeypatch):
     assert (config.n_layer, config.n_hidden, config.ramp) == (2, 384, {'kind': 'mlp', 'n_unmasked': 256})
     model = GPT(config)
     model.load_state_dict(checkpoint['model'])
-    assert model.get_num_params() == read_events(runs['full'])[-1]['params'] - 2 * 2 * 32 * (480 - 384)
+    last_eval = [e for e in read_events(runs['full']) if e['event'] == 'eval'][-1]
+    assert model.get_num_params() == last_eval['params'] - 2 * 2 * 32 * (480 - 384)
     model.set_growth_mask(0.5)  # (60 - 40) / 40
     for key, value in dict(data_dir=str(runs['data']), block_size=32, batch_size=4, eval_iters=2,
                            device='cpu').items():
