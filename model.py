@@ -32,6 +32,9 @@ LN_EPS = 1e-5
 INIT_STD = 0.02
 # the mlp's GELU: 'gelu' exact (this repository's models), 'gelu_tanh' the tanh approximation (GPT-2's)
 ACTIVATIONS = ('gelu', 'gelu_tanh')
+# where a token's position enters: 'learned' adds a trained table (wpe, GPT-2's), 'rope' turns each attention
+# head's queries and keys by angles that grow with the position (rotary embeddings, GPT-NeoX's layout; no parameters)
+POS_EMBS = ('learned', 'rope')
 # the shape growth changes and the adapters LoRA ops change, by the names that logs, the dry-run plan,
 # events and benchmarks use
 ARCH_KEYS = ('n_layer', 'n_head', 'head_size', 'n_embd', 'n_hidden')
@@ -54,16 +57,24 @@ class GPTConfig:
     lora_alpha: float = 1.0
     ramp: dict = None  # the MSG growth still masked: {'kind': 'mlp'|'heads'|'layers'|'embd', ...}
     activation: str = 'gelu'  # one of ACTIVATIONS; checkpoints from before this key ran exact GELU
+    pos_emb: str = 'learned'  # one of POS_EMBS; checkpoints from before this key learned their positions
+    rope_base: float = 10000.0  # rope: pair i of a head turns by position * rope_base^(-2i / head_size)
 
     def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        for key, allowed in (('activation', ACTIVATIONS), ('pos_emb', POS_EMBS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if not self.rope_base > 0:
+            raise ValueError(f"rope_base: expected a number > 0, got {self.rope_base}")
         if self.n_hidden == 0:
             self.n_hidden = 4 * self.n_embd
         if self.head_size == 0:
             if self.n_embd % self.n_head != 0:
                 raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
             self.head_size = self.n_embd // self.n_head
+        if self.pos_emb == 'rope' and self.head_size % 2:
+            raise ValueError(f"pos_emb 'rope' turns pairs of dimensions in each head: head_size must be even, "
+                             f"got {self.head_size}")
 
 
 def ramp_vector(like, n_unmasked, mask, dim=-1):
@@ -92,6 +103,22 @@ def expand_tensor(old, dim, new_size, fresh):
     assert new.shape[dim] == new_size
     index = torch.cat([torch.arange(n_old), torch.full((new_size - n_old,), -1)])
     return new, index
+
+
+def rotary_tables(block_size, head_size, base):
+    """cos and sin (block_size x head_size) of the rotary embedding in GPT-NeoX's layout: dimension i of a
+    head and dimension i + head_size / 2 form a pair, turned at position t by the angle t * base^(-2i / head_size).
+    No growth op changes head_size, so a grown model turns its heads as before."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, dtype=torch.float) / head_size))
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """x (..., T, head_size) with each pair of dimensions turned by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 # AdamW's state through a growth op's lineage
@@ -258,13 +285,16 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.n_unmasked_heads = 0  # > 0 while the heads from n_unmasked_heads on are masked
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, rotary):
         B, T, C = x.size()
         inner = self.n_head * self.head_size
         q, k, v = self.c_attn(x).split(inner, dim=2)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        if rotary is not None:  # rope: (cos, sin) of positions 0..T-1, in q's dtype (bf16 under autocast)
+            cos, sin = (table.to(q.dtype) for table in rotary)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         # flash attention on cuda
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=True)
@@ -301,8 +331,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.blended = False  # True while this block is new and blended in: m * block(x) + (1 - m) * x
 
-    def forward(self, x, mask):
-        y = x + self.attn(self.ln_1(x, mask), mask)
+    def forward(self, x, mask, rotary):
+        y = x + self.attn(self.ln_1(x, mask), mask, rotary)
         y = y + self.mlp(self.ln_2(y, mask), mask)
         if self.blended:
             return mask * y + (1 - mask) * x
@@ -315,15 +345,21 @@ class GPT(nn.Module):
         super().__init__()
         assert config.vocab_size is not None and config.block_size is not None
         self.config = config
+        embeddings = dict(wte=TokenEmbedding(config.vocab_size, config.n_embd))
+        if config.pos_emb == 'learned':
+            embeddings['wpe'] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=TokenEmbedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            embeddings,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, config.bias),
         ))
         # the output head is the token embedding's effective matrix (weight tying), no module of its own
         self.register_buffer('growth_mask', torch.zeros(()), persistent=False)
+        if config.pos_emb == 'rope':  # computed, not saved: checkpoints hold parameters only
+            cos, sin = rotary_tables(config.block_size, config.head_size, config.rope_base)
+            self.register_buffer('rope_cos', cos, persistent=False)
+            self.register_buffer('rope_sin', sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith('c_proj.weight'):  # scaled init of residual projections, per GPT-2
@@ -346,13 +382,17 @@ class GPT(nn.Module):
         assert t <= self.config.block_size, f"sequence of length {t} > block_size {self.config.block_size}"
         mask = self.growth_mask
         head = self.transformer.wte.effective_weight()
-        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = F.embedding(idx, head) + self.transformer.wpe(pos)
+        x = F.embedding(idx, head)
+        rotary = None
+        if self.config.pos_emb == 'learned':
+            x = x + self.transformer.wpe(torch.arange(0, t, dtype=torch.long, device=idx.device))
+        else:
+            rotary = (self.rope_cos[:t], self.rope_sin[:t])
         if self.transformer.ln_f.n_unmasked:  # residual channels are being widened
             x = x * ramp_vector(x, self.transformer.ln_f.n_unmasked, mask)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, mask)
+            x = block(x, mask, rotary)
         x = self.transformer.ln_f(x, mask)
         if targets is not None:
             logits = F.linear(x, head)
@@ -364,10 +404,10 @@ class GPT(nn.Module):
         return logits, loss
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; the position embeddings are subtracted by default, like nanoGPT
+        """Parameter count; the position embeddings (if learned) are subtracted by default, like nanoGPT
         (the token embedding is the output head, so it stays in)."""
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and self.config.pos_emb == 'learned':
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -824,7 +864,7 @@ def hf_model_args(hf_config, **overrides):
     args = dict(n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=n_embd,
                 n_hidden=hf_config.n_inner or 4 * n_embd, head_size=n_embd // hf_config.n_head, bias=True,
                 vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
-                activation=HF_ACTIVATIONS[hf_config.activation_function], dropout=0.0)
+                activation=HF_ACTIVATIONS[hf_config.activation_function], dropout=0.0, pos_emb='learned')
     if overrides.get('block_size', args['block_size']) > args['block_size']:
         raise ValueError(f"block_size {overrides['block_size']} is longer than the weights' n_positions "
                          f"{args['block_size']}: the position table can be cropped, not extended")
