@@ -533,17 +533,25 @@ class GPT(nn.Module):
             p.copy_(w)
 
     def hf_config_args(self):
-        """transformers GPT2Config arguments for this model. GPT-2 cannot express LoRA adapters (merge
-        them first), an MSG mask, or an attention width (heads x head size) other than n_embd."""
+        """transformers config arguments for this model: GPT2Config (learned positions) or GPTNeoXConfig
+        (rope). Neither can express LoRA adapters (merge them first), an MSG mask, or an attention width
+        (heads x head size) other than n_embd."""
         c = self.config
+        family = HF_EXPORTS[c.pos_emb][0]
         if c.attn_lora_rank or c.embedding_lora_rank:
             raise ValueError("LoRA adapters are on; merge them into the weights first")
         if c.ramp:
-            raise ValueError(f"an MSG mask ramp ({c.ramp['kind']}) is still active, and GPT-2 has no mask")
+            raise ValueError(f"an MSG mask ramp ({c.ramp['kind']}) is still active, and {family} has no mask")
         if c.n_head * c.head_size != c.n_embd:
             raise ValueError(f"the attention width n_head x head_size = {c.n_head} x {c.head_size} = "
-                             f"{c.n_head * c.head_size} differs from n_embd = {c.n_embd}, and GPT-2's "
+                             f"{c.n_head * c.head_size} differs from n_embd = {c.n_embd}, and {family}'s "
                              "attention is always n_embd wide (head size n_embd / n_head)")
+        if c.pos_emb == 'rope':  # rotary over whole heads, the mlp after the attention (not beside it)
+            return dict(vocab_size=c.vocab_size, max_position_embeddings=c.block_size, hidden_size=c.n_embd,
+                        num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, intermediate_size=c.n_hidden,
+                        hidden_act=HF_ACTIVATION_NAMES[c.activation], rotary_pct=1.0, rotary_emb_base=c.rope_base,
+                        use_parallel_residual=False, attention_dropout=c.dropout, hidden_dropout=c.dropout,
+                        layer_norm_eps=LN_EPS, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
         return dict(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
                     n_head=c.n_head, n_inner=None if c.n_hidden == 4 * c.n_embd else c.n_hidden,
                     activation_function=HF_ACTIVATION_NAMES[c.activation], resid_pdrop=c.dropout,
@@ -553,6 +561,8 @@ class GPT(nn.Module):
     def hf_state_dict(self):
         """The weights under transformers' GPT2LMHeadModel names: Conv1D weights transposed, zero biases
         where this model has none (bias=False), the head tied to the token embedding."""
+        if self.config.pos_emb == 'rope':
+            return self.neox_state_dict()
         state = {}
         for name, module in self.named_modules():
             if isinstance(module, (Linear, LayerNorm)):
@@ -563,14 +573,42 @@ class GPT(nn.Module):
         state['transformer.wpe.weight'] = self.transformer.wpe.weight
         return {name: t.detach().float().contiguous().clone() for name, t in state.items()}
 
+    def neox_state_dict(self):
+        """The weights under transformers' GPTNeoXForCausalLM names (weights (out, in) like ours): the
+        fused q, k, v rows reordered per head (GPT-NeoX's layout), zero biases where this model has none,
+        the head (lm_head, called embed_out before transformers 5) tied to the token embedding."""
+        c = self.config
+        # NeoX's row h * 3 * head_size + s * head_size + j is our row s * width + h * head_size + j (s: q, k, v)
+        qkv_rows = torch.arange(3 * c.n_embd).view(3, c.n_head, c.head_size).transpose(0, 1).flatten()
+        state = {}
+        for name, module in self.named_modules():
+            if isinstance(module, (Linear, LayerNorm)):
+                w = module.weight
+                b = module.bias if module.bias is not None else w.new_zeros(w.shape[0])
+                if name.endswith('attn.c_attn'):
+                    w, b = w[qkv_rows.to(w.device)], b[qkv_rows.to(w.device)]
+                if name == 'transformer.ln_f':
+                    neox_name = 'gpt_neox.final_layer_norm'
+                else:  # transformer.h.{layer}.{part}
+                    _, _, layer, part = name.split('.', 3)
+                    neox_name = f'gpt_neox.layers.{layer}.{NEOX_NAMES[part]}'
+                state[f'{neox_name}.weight'], state[f'{neox_name}.bias'] = w, b
+        state['gpt_neox.embed_in.weight'] = state['lm_head.weight'] = state['embed_out.weight'] = \
+            self.transformer.wte.weight
+        return {name: t.detach().float().contiguous().clone() for name, t in state.items()}
+
     @torch.no_grad()
     def to_hf(self, **config_extra):
-        """This model as a transformers GPT2LMHeadModel (fp32, eval mode); config_extra overrides its
-        GPT2Config arguments (e.g. bos_token_id, eos_token_id)."""
+        """This model as a transformers GPT2LMHeadModel, or GPTNeoXForCausalLM for rope (fp32, eval mode);
+        config_extra overrides its config arguments (e.g. bos_token_id, eos_token_id)."""
         transformers = import_transformers()
-        hf_config = transformers.GPT2Config(**dict(self.hf_config_args(), **config_extra))
-        hf_model = transformers.GPT2LMHeadModel(hf_config)
-        hf_model.load_state_dict(self.hf_state_dict())
+        _, config_class, model_class = HF_EXPORTS[self.config.pos_emb]
+        hf_config = getattr(transformers, config_class)(**dict(self.hf_config_args(), **config_extra))
+        hf_model = getattr(transformers, model_class)(hf_config)
+        # strict: a name of ours that transformers lacks leaves its own name missing; only the head's
+        # spare name (GPT-NeoX's head is lm_head or embed_out, by transformers version) is dropped
+        names = set(hf_model.state_dict())
+        hf_model.load_state_dict({k: v for k, v in self.hf_state_dict().items() if k in names})
         return hf_model.eval()
 
     # ---------------------------------------------------------------- growth
@@ -830,6 +868,12 @@ HF_ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'ge
 HF_ACTIVATION_NAMES = {'gelu_tanh': 'gelu_new', 'gelu': 'gelu'}
 # transformers' GPT-2 stores these as Conv1D weights, (in, out): ours are (out, in)
 HF_CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+# how each pos_emb exports: (the family's name in messages, transformers' config class, model class)
+HF_EXPORTS = {'learned': ('GPT-2', 'GPT2Config', 'GPT2LMHeadModel'),
+              'rope': ('GPT-NeoX', 'GPTNeoXConfig', 'GPTNeoXForCausalLM')}
+# our block's module names -> transformers' GPT-NeoX layer's
+NEOX_NAMES = {'ln_1': 'input_layernorm', 'ln_2': 'post_attention_layernorm', 'attn.c_attn': 'attention.query_key_value',
+              'attn.c_proj': 'attention.dense', 'mlp.c_fc': 'mlp.dense_h_to_4h', 'mlp.c_proj': 'mlp.dense_4h_to_h'}
 # the model keys that imported weights leave free; every other one comes from the weights
 HF_FREE_KEYS = ('block_size', 'dropout', 'attn_lora_rank', 'embedding_lora_rank', 'lora_alpha')
 

@@ -262,10 +262,13 @@ def test_train_sample_and_export_a_grown_rope_run(tmp_path):
 
     exported = run_script(['export_hf.py', f'--out_dir={out}', f'--hf_dir={tmp_path / "hf"}'])
     assert exported.returncode == 0, describe_run(exported)
-    assert exported.stdout.startswith(f"wrote {tmp_path / 'hf'}: GPTNeoXForCausalLM, n_layer 2, ")
+    model = GPT.from_checkpoint(str(out / 'ckpt.pt')).eval()
+    assert [line for line in exported.stdout.splitlines() if line.startswith('wrote ')] == [
+        f"wrote {tmp_path / 'hf'}: GPTNeoXForCausalLM, n_layer 2, n_head 2, n_embd 32, n_inner 192, vocab {vocab}, "
+        f"positions 32 (rotary, base 1000), activation gelu_new, {model.get_num_params() / 1e6:.2f}M parameters, "
+        "from iter 20"]
     assert sorted(os.listdir(tmp_path / 'hf')) == ['config.json', 'generation_config.json', 'model.safetensors']
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf')
     assert isinstance(hf_model, transformers.GPTNeoXForCausalLM)
-    model = GPT.from_checkpoint(str(out / 'ckpt.pt')).eval()
     idx = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(9))
     assert max_diff(neox_logits(hf_model, idx), logits_of(model, [idx])) <= HF_TOLERANCE
