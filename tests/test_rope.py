@@ -17,7 +17,7 @@ import torch
 import transformers
 
 import train
-from helpers import describe_run, run_script, run_train, train_args, write_char_data, write_schedule
+from helpers import describe_run, read_events, run_script, run_train, train_args, write_char_data, write_schedule
 from model import GPT, GPTConfig
 from test_sample_bench import sample_texts
 from test_growth import LORA, MSG, PRESERVING, TOL, changed, logits_of, max_diff, perturb, snapshot, tiny
@@ -272,3 +272,29 @@ def test_train_sample_and_export_a_grown_rope_run(tmp_path):
     assert isinstance(hf_model, transformers.GPTNeoXForCausalLM)
     idx = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(9))
     assert max_diff(neox_logits(hf_model, idx), logits_of(model, [idx])) <= HF_TOLERANCE
+
+
+@pytest.mark.slow
+def test_rope_run_keeps_the_val_loss_through_every_function_keeping_op(tmp_path):
+    """Through train.py (dry-run plan on a meta rope model, then for real): each op that keeps the function
+    leaves the re-measured val loss where it was, every 20 iters, MSG ramps over 10 iters."""
+    vocab = write_char_data(tmp_path / 'data', n_chars=20_000)
+    ops = [('change_attn_lora_rank', 2.0), ('change_attn_lora_rank', 0), ('widen_mlp', 1.5),
+           ('msg_widen_mlp', dict(factor=1.5, anneal_iters=10)), ('msg_add_heads', dict(n_new_heads=1, anneal_iters=10)),
+           ('msg_stack_layers', dict(layers=[0, 0], anneal_iters=10)),
+           ('msg_widen_embd', dict(factor=1.5, anneal_iters=10))]
+    schedule = write_schedule(tmp_path / 's.json', [(name, value, 0.0, 20, True) for name, value in ops])
+    args = train_args(tmp_path / 'data', tmp_path / 'out', pos_emb='rope', attn_lora_rank=2, bias=True,
+                      max_iters=160, eval_iters=3, log_interval=20, learning_rate=1e-2, lr_decay_iters=160,
+                      scaling_schedule_file=schedule)
+    planned = run_train(args + ['--dry_run=True'])
+    assert planned.returncode == 0, describe_run(planned)
+    result = run_train(args)
+    assert result.returncode == 0, describe_run(result)
+    events = [e for e in read_events(tmp_path / 'out') if e['event'] == 'op']
+    assert [(e['iter'], e['name']) for e in events] == [(20 * (i + 1), name) for i, (name, _) in enumerate(ops)]
+    for e in events:
+        assert abs(e['val_loss_after'] - e['val_loss_before']) <= 1e-5, e
+    model = GPT.from_checkpoint(str(tmp_path / 'out' / 'ckpt.pt'))
+    c = model.config
+    assert (c.pos_emb, c.n_layer, c.n_head, c.n_embd, c.n_hidden, c.vocab_size) == ('rope', 2, 3, 48, 288, vocab)
