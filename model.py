@@ -15,8 +15,8 @@ train.py raises from 0 to 1; at 0 the network computes exactly what it computed 
 config.ramp says which structure is masked; fold_ramp() drops the mask once it is 1.
 
 Hugging Face interop (GPT.from_hf, GPT.to_hf and their helpers): GPT-2
-weights from transformers in and out. transformers is optional (requirements-hf.txt) and only
-imported by from_hf and to_hf.
+weights from transformers in and out; a rope model goes out as GPT-NeoX. transformers is optional
+(requirements-hf.txt) and only imported by from_hf and to_hf.
 """
 
 import copy
@@ -560,7 +560,8 @@ class GPT(nn.Module):
 
     def hf_state_dict(self):
         """The weights under transformers' GPT2LMHeadModel names: Conv1D weights transposed, zero biases
-        where this model has none (bias=False), the head tied to the token embedding."""
+        where this model has none (bias=False), the head tied to the token embedding. A rope model's are
+        GPT-NeoX's (neox_state_dict)."""
         if self.config.pos_emb == 'rope':
             return self.neox_state_dict()
         state = {}
