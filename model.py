@@ -580,7 +580,7 @@ class GPT(nn.Module):
         the head (lm_head, called embed_out before transformers 5) tied to the token embedding."""
         c = self.config
         # NeoX's row h * 3 * head_size + s * head_size + j is our row s * width + h * head_size + j (s: q, k, v)
-        qkv_rows = torch.arange(3 * c.n_embd).view(3, c.n_head, c.head_size).transpose(0, 1).flatten()
+        qkv_rows = torch.arange(3 * c.n_head * c.head_size).view(3, c.n_head, c.head_size).transpose(0, 1).flatten()
         state = {}
         for name, module in self.named_modules():
             if isinstance(module, (Linear, LayerNorm)):
