@@ -1,6 +1,8 @@
 """
 Export a run's checkpoint as a Hugging Face GPT-2 folder: a GPT2LMHeadModel (config.json and
-model.safetensors) that transformers' generate, lm-evaluation-harness and the hub can read.
+model.safetensors) that transformers' generate, lm-evaluation-harness and the hub can read. A rope model
+(pos_emb='rope') is written as a GPTNeoXForCausalLM instead: GPT-NeoX has rotary embeddings in the same
+layout, and with use_parallel_residual=False its block is ours (LayerNorm, GELU, one residual after another).
 
 $ python export_hf.py --out_dir=out-shakespeare-finetune-grow --hf_dir=hf-shakespeare-grown
 
@@ -19,7 +21,7 @@ import torch
 
 from checkpoint import load_checkpoint
 from configurator import ConfigError, UserError, configure, help_requested, key_comments, print_help
-from model import GPT, import_transformers
+from model import GPT, HF_ACTIVATION_NAMES, import_transformers
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run: {out_dir}/ckpt.pt
@@ -75,8 +77,8 @@ def find_gpt2_tokenizer(checkpoint, vocab_size, given):
 
 
 def exportable_model(checkpoint, path):
-    """The checkpoint's model with its LoRA adapters merged, or a UserError saying why GPT-2 cannot hold
-    it and what to do."""
+    """The checkpoint's model with its LoRA adapters merged, or a UserError saying why GPT-2 (GPT-NeoX for
+    a rope model) cannot hold it and what to do."""
     model = GPT.from_checkpoint(checkpoint)
     for target in ('attn', 'embedding'):
         model.set_lora_rank(target, 0, torch.Generator())  # merges the adapter into the weight
@@ -97,8 +99,8 @@ def exportable_model(checkpoint, path):
 
 
 def export(run_dir, folder, tokenizer_from=''):
-    """Write the run's model (and tokenizer, see find_gpt2_tokenizer) into folder as a GPT2LMHeadModel.
-    Everything is checked before anything is written."""
+    """Write the run's model (and tokenizer, see find_gpt2_tokenizer) into folder as a GPT2LMHeadModel
+    (GPTNeoXForCausalLM for a rope model). Everything is checked before anything is written."""
     try:
         import_transformers()
     except ImportError as e:
@@ -127,9 +129,10 @@ def export(run_dir, folder, tokenizer_from=''):
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     c = model.config
-    print(f"wrote {folder}: GPT2LMHeadModel, n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd}, "
-          f"n_inner {c.n_hidden}, vocab {vocab_size}, positions {c.block_size}, activation "
-          f"{hf_model.config.activation_function}, {model.get_num_params() / 1e6:.2f}M parameters, "
+    rotary = f" (rotary, base {c.rope_base:g})" if c.pos_emb == 'rope' else ''
+    print(f"wrote {folder}: {type(hf_model).__name__}, n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd}, "
+          f"n_inner {c.n_hidden}, vocab {vocab_size}, positions {c.block_size}{rotary}, activation "
+          f"{HF_ACTIVATION_NAMES[c.activation]}, {model.get_num_params() / 1e6:.2f}M parameters, "
           f"from iter {checkpoint['iter_num']}")
     print(f"tokenizer: {note}")
 

@@ -15,8 +15,8 @@ train.py raises from 0 to 1; at 0 the network computes exactly what it computed 
 config.ramp says which structure is masked; fold_ramp() drops the mask once it is 1.
 
 Hugging Face interop (GPT.from_hf, GPT.to_hf and their helpers): GPT-2
-weights from transformers in and out. transformers is optional (requirements-hf.txt) and only
-imported by from_hf and to_hf.
+weights from transformers in and out; a rope model goes out as GPT-NeoX. transformers is optional
+(requirements-hf.txt) and only imported by from_hf and to_hf.
 """
 
 import copy
@@ -32,6 +32,9 @@ LN_EPS = 1e-5
 INIT_STD = 0.02
 # the mlp's GELU: 'gelu' exact (this repository's models), 'gelu_tanh' the tanh approximation (GPT-2's)
 ACTIVATIONS = ('gelu', 'gelu_tanh')
+# where a token's position enters: 'learned' adds a trained table (wpe, GPT-2's), 'rope' turns each attention
+# head's queries and keys by angles that grow with the position (rotary embeddings, GPT-NeoX's layout; no parameters)
+POS_EMBS = ('learned', 'rope')
 # the shape growth changes and the adapters LoRA ops change, by the names that logs, the dry-run plan,
 # events and benchmarks use
 ARCH_KEYS = ('n_layer', 'n_head', 'head_size', 'n_embd', 'n_hidden')
@@ -54,16 +57,24 @@ class GPTConfig:
     lora_alpha: float = 1.0
     ramp: dict = None  # the MSG growth still masked: {'kind': 'mlp'|'heads'|'layers'|'embd', ...}
     activation: str = 'gelu'  # one of ACTIVATIONS; checkpoints from before this key ran exact GELU
+    pos_emb: str = 'learned'  # one of POS_EMBS; checkpoints from before this key learned their positions
+    rope_base: float = 10000.0  # rope: pair i of a head turns by position * rope_base^(-2i / head_size)
 
     def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        for key, allowed in (('activation', ACTIVATIONS), ('pos_emb', POS_EMBS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if not self.rope_base > 0:
+            raise ValueError(f"rope_base: expected a number > 0, got {self.rope_base}")
         if self.n_hidden == 0:
             self.n_hidden = 4 * self.n_embd
         if self.head_size == 0:
             if self.n_embd % self.n_head != 0:
                 raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
             self.head_size = self.n_embd // self.n_head
+        if self.pos_emb == 'rope' and self.head_size % 2:
+            raise ValueError(f"pos_emb 'rope' turns pairs of dimensions in each head: head_size must be even, "
+                             f"got {self.head_size}")
 
 
 def ramp_vector(like, n_unmasked, mask, dim=-1):
@@ -92,6 +103,22 @@ def expand_tensor(old, dim, new_size, fresh):
     assert new.shape[dim] == new_size
     index = torch.cat([torch.arange(n_old), torch.full((new_size - n_old,), -1)])
     return new, index
+
+
+def rotary_tables(block_size, head_size, base):
+    """cos and sin (block_size x head_size) of the rotary embedding in GPT-NeoX's layout: dimension i of a
+    head and dimension i + head_size / 2 form a pair, turned at position t by the angle t * base^(-2i / head_size).
+    No growth op changes head_size, so a grown model turns its heads as before."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, dtype=torch.float) / head_size))
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """x (..., T, head_size) with each pair of dimensions turned by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 # AdamW's state through a growth op's lineage
@@ -258,13 +285,16 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.n_unmasked_heads = 0  # > 0 while the heads from n_unmasked_heads on are masked
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, rotary):
         B, T, C = x.size()
         inner = self.n_head * self.head_size
         q, k, v = self.c_attn(x).split(inner, dim=2)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        if rotary is not None:  # rope: (cos, sin) of positions 0..T-1, in q's dtype (bf16 under autocast)
+            cos, sin = (table.to(q.dtype) for table in rotary)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         # flash attention on cuda
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=True)
@@ -301,8 +331,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.blended = False  # True while this block is new and blended in: m * block(x) + (1 - m) * x
 
-    def forward(self, x, mask):
-        y = x + self.attn(self.ln_1(x, mask), mask)
+    def forward(self, x, mask, rotary):
+        y = x + self.attn(self.ln_1(x, mask), mask, rotary)
         y = y + self.mlp(self.ln_2(y, mask), mask)
         if self.blended:
             return mask * y + (1 - mask) * x
@@ -315,15 +345,21 @@ class GPT(nn.Module):
         super().__init__()
         assert config.vocab_size is not None and config.block_size is not None
         self.config = config
+        embeddings = dict(wte=TokenEmbedding(config.vocab_size, config.n_embd))
+        if config.pos_emb == 'learned':
+            embeddings['wpe'] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=TokenEmbedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            embeddings,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, config.bias),
         ))
         # the output head is the token embedding's effective matrix (weight tying), no module of its own
         self.register_buffer('growth_mask', torch.zeros(()), persistent=False)
+        if config.pos_emb == 'rope':  # computed, not saved: checkpoints hold parameters only
+            cos, sin = rotary_tables(config.block_size, config.head_size, config.rope_base)
+            self.register_buffer('rope_cos', cos, persistent=False)
+            self.register_buffer('rope_sin', sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith('c_proj.weight'):  # scaled init of residual projections, per GPT-2
@@ -346,13 +382,17 @@ class GPT(nn.Module):
         assert t <= self.config.block_size, f"sequence of length {t} > block_size {self.config.block_size}"
         mask = self.growth_mask
         head = self.transformer.wte.effective_weight()
-        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = F.embedding(idx, head) + self.transformer.wpe(pos)
+        x = F.embedding(idx, head)
+        rotary = None
+        if self.config.pos_emb == 'learned':
+            x = x + self.transformer.wpe(torch.arange(0, t, dtype=torch.long, device=idx.device))
+        else:
+            rotary = (self.rope_cos[:t], self.rope_sin[:t])
         if self.transformer.ln_f.n_unmasked:  # residual channels are being widened
             x = x * ramp_vector(x, self.transformer.ln_f.n_unmasked, mask)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, mask)
+            x = block(x, mask, rotary)
         x = self.transformer.ln_f(x, mask)
         if targets is not None:
             logits = F.linear(x, head)
@@ -364,10 +404,10 @@ class GPT(nn.Module):
         return logits, loss
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; the position embeddings are subtracted by default, like nanoGPT
+        """Parameter count; the position embeddings (if learned) are subtracted by default, like nanoGPT
         (the token embedding is the output head, so it stays in)."""
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and self.config.pos_emb == 'learned':
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -493,17 +533,25 @@ class GPT(nn.Module):
             p.copy_(w)
 
     def hf_config_args(self):
-        """transformers GPT2Config arguments for this model. GPT-2 cannot express LoRA adapters (merge
-        them first), an MSG mask, or an attention width (heads x head size) other than n_embd."""
+        """transformers config arguments for this model: GPT2Config (learned positions) or GPTNeoXConfig
+        (rope). Neither can express LoRA adapters (merge them first), an MSG mask, or an attention width
+        (heads x head size) other than n_embd."""
         c = self.config
+        family = HF_EXPORTS[c.pos_emb][0]
         if c.attn_lora_rank or c.embedding_lora_rank:
             raise ValueError("LoRA adapters are on; merge them into the weights first")
         if c.ramp:
-            raise ValueError(f"an MSG mask ramp ({c.ramp['kind']}) is still active, and GPT-2 has no mask")
+            raise ValueError(f"an MSG mask ramp ({c.ramp['kind']}) is still active, and {family} has no mask")
         if c.n_head * c.head_size != c.n_embd:
             raise ValueError(f"the attention width n_head x head_size = {c.n_head} x {c.head_size} = "
-                             f"{c.n_head * c.head_size} differs from n_embd = {c.n_embd}, and GPT-2's "
+                             f"{c.n_head * c.head_size} differs from n_embd = {c.n_embd}, and {family}'s "
                              "attention is always n_embd wide (head size n_embd / n_head)")
+        if c.pos_emb == 'rope':  # rotary over whole heads, the mlp after the attention (not beside it)
+            return dict(vocab_size=c.vocab_size, max_position_embeddings=c.block_size, hidden_size=c.n_embd,
+                        num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, intermediate_size=c.n_hidden,
+                        hidden_act=HF_ACTIVATION_NAMES[c.activation], rotary_pct=1.0, rotary_emb_base=c.rope_base,
+                        use_parallel_residual=False, attention_dropout=c.dropout, hidden_dropout=c.dropout,
+                        layer_norm_eps=LN_EPS, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
         return dict(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
                     n_head=c.n_head, n_inner=None if c.n_hidden == 4 * c.n_embd else c.n_hidden,
                     activation_function=HF_ACTIVATION_NAMES[c.activation], resid_pdrop=c.dropout,
@@ -512,7 +560,10 @@ class GPT(nn.Module):
 
     def hf_state_dict(self):
         """The weights under transformers' GPT2LMHeadModel names: Conv1D weights transposed, zero biases
-        where this model has none (bias=False), the head tied to the token embedding."""
+        where this model has none (bias=False), the head tied to the token embedding. A rope model's are
+        GPT-NeoX's (neox_state_dict)."""
+        if self.config.pos_emb == 'rope':
+            return self.neox_state_dict()
         state = {}
         for name, module in self.named_modules():
             if isinstance(module, (Linear, LayerNorm)):
@@ -523,14 +574,42 @@ class GPT(nn.Module):
         state['transformer.wpe.weight'] = self.transformer.wpe.weight
         return {name: t.detach().float().contiguous().clone() for name, t in state.items()}
 
+    def neox_state_dict(self):
+        """The weights under transformers' GPTNeoXForCausalLM names (weights (out, in) like ours): the
+        fused q, k, v rows reordered per head (GPT-NeoX's layout), zero biases where this model has none,
+        the head (lm_head, called embed_out before transformers 5) tied to the token embedding."""
+        c = self.config
+        # NeoX's row h * 3 * head_size + s * head_size + j is our row s * width + h * head_size + j (s: q, k, v)
+        qkv_rows = torch.arange(3 * c.n_head * c.head_size).view(3, c.n_head, c.head_size).transpose(0, 1).flatten()
+        state = {}
+        for name, module in self.named_modules():
+            if isinstance(module, (Linear, LayerNorm)):
+                w = module.weight
+                b = module.bias if module.bias is not None else w.new_zeros(w.shape[0])
+                if name.endswith('attn.c_attn'):
+                    w, b = w[qkv_rows.to(w.device)], b[qkv_rows.to(w.device)]
+                if name == 'transformer.ln_f':
+                    neox_name = 'gpt_neox.final_layer_norm'
+                else:  # transformer.h.{layer}.{part}
+                    _, _, layer, part = name.split('.', 3)
+                    neox_name = f'gpt_neox.layers.{layer}.{NEOX_NAMES[part]}'
+                state[f'{neox_name}.weight'], state[f'{neox_name}.bias'] = w, b
+        state['gpt_neox.embed_in.weight'] = state['lm_head.weight'] = state['embed_out.weight'] = \
+            self.transformer.wte.weight
+        return {name: t.detach().float().contiguous().clone() for name, t in state.items()}
+
     @torch.no_grad()
     def to_hf(self, **config_extra):
-        """This model as a transformers GPT2LMHeadModel (fp32, eval mode); config_extra overrides its
-        GPT2Config arguments (e.g. bos_token_id, eos_token_id)."""
+        """This model as a transformers GPT2LMHeadModel, or GPTNeoXForCausalLM for rope (fp32, eval mode);
+        config_extra overrides its config arguments (e.g. bos_token_id, eos_token_id)."""
         transformers = import_transformers()
-        hf_config = transformers.GPT2Config(**dict(self.hf_config_args(), **config_extra))
-        hf_model = transformers.GPT2LMHeadModel(hf_config)
-        hf_model.load_state_dict(self.hf_state_dict())
+        _, config_class, model_class = HF_EXPORTS[self.config.pos_emb]
+        hf_config = getattr(transformers, config_class)(**dict(self.hf_config_args(), **config_extra))
+        hf_model = getattr(transformers, model_class)(hf_config)
+        # strict: a name of ours that transformers lacks leaves its own name missing; only the head's
+        # spare name (GPT-NeoX's head is lm_head or embed_out, by transformers version) is dropped
+        names = set(hf_model.state_dict())
+        hf_model.load_state_dict({k: v for k, v in self.hf_state_dict().items() if k in names})
         return hf_model.eval()
 
     # ---------------------------------------------------------------- growth
@@ -790,6 +869,12 @@ HF_ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'ge
 HF_ACTIVATION_NAMES = {'gelu_tanh': 'gelu_new', 'gelu': 'gelu'}
 # transformers' GPT-2 stores these as Conv1D weights, (in, out): ours are (out, in)
 HF_CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+# how each pos_emb exports: (the family's name in messages, transformers' config class, model class)
+HF_EXPORTS = {'learned': ('GPT-2', 'GPT2Config', 'GPT2LMHeadModel'),
+              'rope': ('GPT-NeoX', 'GPTNeoXConfig', 'GPTNeoXForCausalLM')}
+# our block's module names -> transformers' GPT-NeoX layer's
+NEOX_NAMES = {'ln_1': 'input_layernorm', 'ln_2': 'post_attention_layernorm', 'attn.c_attn': 'attention.query_key_value',
+              'attn.c_proj': 'attention.dense', 'mlp.c_fc': 'mlp.dense_h_to_4h', 'mlp.c_proj': 'mlp.dense_4h_to_h'}
 # the model keys that imported weights leave free; every other one comes from the weights
 HF_FREE_KEYS = ('block_size', 'dropout', 'attn_lora_rank', 'embedding_lora_rank', 'lora_alpha')
 
@@ -824,7 +909,7 @@ def hf_model_args(hf_config, **overrides):
     args = dict(n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=n_embd,
                 n_hidden=hf_config.n_inner or 4 * n_embd, head_size=n_embd // hf_config.n_head, bias=True,
                 vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
-                activation=HF_ACTIVATIONS[hf_config.activation_function], dropout=0.0)
+                activation=HF_ACTIVATIONS[hf_config.activation_function], dropout=0.0, pos_emb='learned')
     if overrides.get('block_size', args['block_size']) > args['block_size']:
         raise ValueError(f"block_size {overrides['block_size']} is longer than the weights' n_positions "
                          f"{args['block_size']}: the position table can be cropped, not extended")

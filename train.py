@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint as ckpt_files
 from configurator import ConfigError, UserError, configure, help_requested, key_comments, print_help
-from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, GPTConfig,
+from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, POS_EMBS, GPTConfig,
                    carry_optimizer_state, hf_model_args, import_transformers, mask_at)
 
 # -----------------------------------------------------------------------------
@@ -65,6 +65,8 @@ attn_lora_rank = 0  # LoRA adapters on the attention projections (0 = off)
 embedding_lora_rank = 0  # LoRA adapter on the token embedding and tied head (0 = off)
 lora_alpha = 1.0
 activation = 'gelu'  # the mlp's GELU: 'gelu' (exact) or 'gelu_tanh' (GPT-2's tanh approximation)
+pos_emb = 'learned'  # 'learned' (a wpe table, GPT-2) or 'rope' (rotary, no wpe; head_size even; exports as GPT-NeoX)
+rope_base = 10000.0  # rope: pair i of a head turns by position * rope_base^(-2i / head_size)
 # adamw optimizer
 learning_rate = 6e-4  # max learning rate
 max_iters = 600000  # total number of training iterations
@@ -1170,7 +1172,7 @@ def model_config_from_globals(vocab_size):
         return GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_hidden=n_hidden, head_size=head_size,
                          block_size=block_size, bias=bias, vocab_size=vocab_size, dropout=dropout,
                          attn_lora_rank=attn_lora_rank, embedding_lora_rank=embedding_lora_rank,
-                         lora_alpha=lora_alpha, activation=activation)
+                         lora_alpha=lora_alpha, activation=activation, pos_emb=pos_emb, rope_base=rope_base)
     except ValueError as e:
         raise UserError(f"config: {e}") from None
 
@@ -1195,7 +1197,7 @@ def model_config_from_hf(meta):
     with hf_errors():
         hf_config = import_transformers().AutoConfig.from_pretrained(init_from)
         args = hf_model_args(hf_config, **{k: globals()[k] for k in HF_FREE_KEYS})
-    for key in ('n_layer', 'n_head', 'n_embd', 'n_hidden', 'head_size', 'bias', 'activation'):
+    for key in ('n_layer', 'n_head', 'n_embd', 'n_hidden', 'head_size', 'bias', 'activation', 'pos_emb'):
         if globals()[key] not in (config_defaults[key], args[key]):
             raise UserError(f"config: {key} = {globals()[key]!r} contradicts the weights of {init_from} ({key} = "
                             f"{args[key]!r}); an imported model's shape comes from its weights: leave {key} out "
@@ -1213,7 +1215,7 @@ def check_inputs():
         raise UserError(f"init_from: expected scratch, resume, {', '.join(GPT2_HUB_NAMES)} or a Hugging Face GPT-2 "
                         f"folder, got {init_from!r} (no such folder)")
     for key, allowed in (('growth_optimizer_state', ('carry', 'reset')), ('dtype', ('float32', 'bfloat16', 'float16')),
-                         ('lr_schedule', ('cosine', 'wsd')), ('activation', ACTIVATIONS)):
+                         ('lr_schedule', ('cosine', 'wsd')), ('activation', ACTIVATIONS), ('pos_emb', POS_EMBS)):
         if globals()[key] not in allowed:
             raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
     if trigger_slope_evals < 2:
