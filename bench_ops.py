@@ -1,15 +1,17 @@
 """
 Wall time of each growth operation on a GPT-2 124M-sized model (CPU by default), as train.py
-runs it: the op itself, the optimizer rebuilt and its state carried over (execute_operation with
-rebuild_after_growth). Every op starts from a fresh model whose optimizer holds real state.
+runs it: the op itself, the optimizers rebuilt and their state carried over (execute_operation with
+rebuild_after_growth). Every op starts from a fresh model whose optimizers hold real state: AdamW's,
+or with --optimizer=muon Muon's momentum for the blocks' matrices and AdamW's for the rest.
 
 Each op is also measured against its floor, timed in the same run right after it: one clone() of
-every parameter and AdamW moment of the grown model. Any growth op must at least write those once
+every parameter and optimizer state tensor of the grown model. Any growth op must at least write those once
 into fresh memory; the old tensors are kept alive through both timings, so that the op and the
 floor alike get fresh memory (not memory the op just freed). The last line names the worst ratio.
 
 $ python bench_ops.py
 $ python bench_ops.py --repeats=3   # each op 3 times: the fastest op against the fastest floor (a busy machine)
+$ python bench_ops.py --optimizer=muon   # the ops with Muon state
 $ python bench_ops.py --n_layer=2 --n_embd=64 --n_head=2 --vocab_size=65 --block_size=64   # a tiny run
 """
 
@@ -27,7 +29,7 @@ from configurator import ConfigError, configure
 from model import GPTConfig
 
 DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, block_size=1024, device='cpu', seed=1337,
-                repeats=1)
+                repeats=1, optimizer='adamw')
 
 # (name, value, what the starting model differs in): stacking starts at half the depth, LoRA ops with rank 8 on
 OPS = [('stack_layers', 2, dict(half_depth=True)),
@@ -42,7 +44,7 @@ OPS = [('stack_layers', 2, dict(half_depth=True)),
 
 
 def model_with_optimizer_state(config, differs):
-    """A fresh model on the device and an AdamW that took one step with random gradients."""
+    """A fresh model on the device and optimizers that took one step with random gradients."""
     model_config = GPTConfig(n_layer=config['n_layer'] // 2 if differs.get('half_depth') else config['n_layer'],
                              n_head=config['n_head'], n_embd=config['n_embd'], vocab_size=config['vocab_size'],
                              block_size=config['block_size'], bias=False,
@@ -51,14 +53,13 @@ def model_with_optimizer_state(config, differs):
     for p in train.model.parameters():
         if p.requires_grad:
             p.grad = torch.randn_like(p) * 1e-3
-    train.optimizer.step()
-    train.optimizer.zero_grad(set_to_none=True)
+    train.optimizers.step()
+    train.optimizers.zero_grad(set_to_none=True)
 
 
 def floor_seconds(repeats=3):
-    """The fastest of a few clones of every parameter and AdamW moment of the model as it is now."""
-    tensors = [p.detach() for p in train.model.parameters()]
-    tensors += [state[k] for state in train.optimizer.state.values() for k in ('exp_avg', 'exp_avg_sq') if k in state]
+    """The fastest of a few clones of every parameter and optimizer state tensor of the model as it is now."""
+    tensors = [p.detach() for p in train.model.parameters()] + train.state_tensors()
     best = math.inf
     for _ in range(repeats):
         started = time.time()
@@ -71,7 +72,7 @@ def floor_seconds(repeats=3):
 def main(argv):
     config = configure(argv, DEFAULTS)
     train.setup(dict(device=config['device'], compile=False, seed=config['seed'],
-                     growth_optimizer_state='carry'))
+                     growth_optimizer_state='carry', optimizer=config['optimizer']))
     print(f"{'op':<28} {'seconds':>8}  {'params before -> after':>26}  {'state carried':>13}  under 1 s"
           f"  {'floor s':>8}  {'x floor':>7}")
     worst = (0.0, '')
@@ -81,7 +82,7 @@ def main(argv):
             model_with_optimizer_state(config, differs)
             before = train.model.get_num_params()
             # the old parameters and moments stay alive until the floor is timed (see the top)
-            old = list(train.model.parameters()) + [t for s in train.optimizer.state.values() for t in s.values()]
+            old = list(train.model.parameters()) + [t for s in train.optimizers.state.values() for t in s.values()]
             entry = dict(name=name, value=value, trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
             train.reset_orchestrator([entry])
             log = io.StringIO()

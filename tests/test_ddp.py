@@ -34,7 +34,7 @@ EXPECTED_OPS = [(10, 'change_lr'), (20, 'stack_layers'), (30, 'widen_mlp')]
 # after a wrapped train.py: this rank's parameters and AdamW state to out_dir/rank{R}.pt
 DUMP_STATE = r'''
 import torch
-torch.save(dict(model=train.model.state_dict(), optimizer=train.optimizer.state_dict()),
+torch.save(dict(model=train.model.state_dict(), optimizer=train.optimizers.state_dict()),
            os.path.join(train.out_dir, f'rank{train.ddp_rank}.pt'))
 '''
 # train.py, then the dump

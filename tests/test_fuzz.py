@@ -310,8 +310,8 @@ def logits(batch):
 def moments_by_name():
     """{parameter name: {'step', 'exp_avg', 'exp_avg_sq'}} cloned, and the trainable parameter names."""
     names = {p: name for name, p in train.model.named_parameters()}
-    states = {names[p]: {k: v.clone() for k, v in state.items()} for p, state in train.optimizer.state.items()}
-    in_groups = sorted(names[p] for group in train.optimizer.param_groups for p in group['params'])
+    states = {names[p]: {k: v.clone() for k, v in state.items()} for p, state in train.optimizers.state.items()}
+    in_groups = sorted(names[p] for group in train.optimizers.param_groups for p in group['params'])
     return states, in_groups
 
 
