@@ -769,7 +769,16 @@ def validate_schedule(path, entries, first_index, model_config):
     return plan
 
 
+def describe_optimizer():
+    """The optimizer line of the plan and the run's start."""
+    parts = {'adamw': "adamw", 'muon': "muon for the blocks' weight matrices, adamw for embeddings and head, "
+                                        "norms, biases and LoRA adapters"}
+    after_growth = {'carry': 'carried through each growth op', 'reset': 'reset at each growth op'}
+    return f"optimizer: {parts[optimizer]}; its state {after_growth[growth_optimizer_state]}"
+
+
 def print_plan(plan):
+    print(describe_optimizer())
     print(f"plan: {len(plan)} operations")
     for row in plan:
         print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}")
@@ -1520,6 +1529,7 @@ def main(config):
     if master_process:
         print(f"tokens per iteration will be: {effective_grad_accum() * effective_batch_size() * block_size:,}")
         print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+        print(describe_optimizer())
         print(f"precision: {dtype}" + (f" autocast on {device_type}, float32 weights" if dtype != 'float32' else '')
               + (", loss scaling" if scaler.is_enabled() else ''))
     signal.signal(signal.SIGTERM, lambda *_: stop_signals.append(True))
