@@ -346,6 +346,5 @@ def test_refused_in_one_line(runs, tmp_path, case):
 def test_dry_run_plans_the_optimizer(runs, tmp_path):
     result = run_train(runs['args'](tmp_path / 'out', dry_run=True))
     assert result.returncode == 0, describe_run(result)
-    assert result.stdout.startswith(
-        "optimizer: muon for the blocks' weight matrices, adamw for embeddings and head, norms, biases and LoRA "
-        "adapters; its state carried through each growth op\nplan: 4 operations\n"), result.stdout
+    assert ("\noptimizer: muon for the blocks' weight matrices, adamw for embeddings and head, norms, biases and "
+            "LoRA adapters; its state carried through each growth op\nplan: 4 operations\n") in result.stdout
