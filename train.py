@@ -93,7 +93,7 @@ seed = 1337  # each DDP rank adds its rank
 # orchestrator
 scaling_schedule_file = ''  # a YAML or JSON schedule; '' = none (on resume: the schedule stored in the checkpoint)
 dry_run = False  # validate the schedule against the model, print the plan, exit
-growth_optimizer_state = 'carry'  # after a growth op: 'carry' optimizer state (AdamW moments, Muon momentum) through the lineage, or 'reset'
+growth_optimizer_state = 'carry'  # after a growth op: 'carry' the optimizer state through the lineage, or 'reset'
 growth_lr_rewarm_iters = 0  # > 0: linear lr re-warmup over this many iters after a growth op
 skip_nonfinite_steps = 0  # 0: stop at a non-finite loss/grad norm; N: skip such steps, stop after N in a row
 trigger_slope_evals = 3  # trigger_slope: fit the slope over this many most recent evals since the previous op
@@ -1346,7 +1346,7 @@ def assert_ranks_agree():
 
 
 def rebuild_after_growth(lineage):
-    """After a growth op: a new optimizer, its state carried through the lineage (or reset, by
+    """After a growth op: new optimizers, their state carried through the lineage (or reset, by
     growth_optimizer_state), ranks checked to agree, new wrappers."""
     old_states = {optimizer_names[p]: state for p, state in optimizers.state.items()}
     build_optimizer()
