@@ -2,6 +2,7 @@
 optimizer = 'muon' (issue 22, item 3): torch.optim.Muon for the blocks' weight matrices, AdamW for the rest.
 - the split: which parameters Muon takes (with and without LoRA adapters), Muon's settings;
 - the checkpoint format: AdamW's state dict as before, Muon's under 'muon'; a round trip is exact;
+- float16 loss scaling through both optimizers: an inf anywhere skips both steps;
 - Muon's momentum buffer (and AdamW's moments beside it) carried through every growth op, compared tensor
   by tensor with the op's lineage: copies (stacked layers, widen_mlp replicas) their source's, fresh
   slices zero, fresh tensors no state;
@@ -110,6 +111,29 @@ def test_state_dict_is_adamws_with_muons_beside_it():
     restored = muon(model)
     restored.load_state_dict(saved)
     assert_same_state(restored.state_dict(), saved)
+
+
+def test_grad_scaler_steps_both_or_neither():
+    """float16's loss scaling through Optimizers: an inf in one Muon matrix's gradient skips AdamW's step
+    too (no parameter changes, no state starts); a finite step moves both optimizers' parameters."""
+    model = tiny()
+    optimizers = muon(model)
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0**4)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    x = torch.randint(0, VOCAB, (4, BLOCK), generator=torch.Generator().manual_seed(5))
+    for poisoned in (True, False):
+        _, loss = model(x, torch.roll(x, -1, dims=1))
+        scaler.scale(loss).backward()
+        if poisoned:
+            model.transformer.h[0].mlp.c_fc.weight.grad[0, 0] = float('inf')
+        scaler.unscale_(optimizers)
+        scaler.step(optimizers)
+        scaler.update()
+        optimizers.zero_grad(set_to_none=True)
+        changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+        if poisoned:
+            assert not changed and not optimizers.state and scaler.get_scale() == 2.0**3
+    assert changed == set(before) and len(optimizers.by_name['muon'].state) == 8
 
 
 # ------------------------------------------------------------------ state through every growth op
