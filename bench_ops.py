@@ -1,15 +1,17 @@
 """
 Wall time of each growth operation on a GPT-2 124M-sized model (CPU by default), as train.py
-runs it: the op itself, the optimizer rebuilt and its state carried over (execute_operation with
-rebuild_after_growth). Every op starts from a fresh model whose optimizer holds real state.
+runs it: the op itself, the optimizers rebuilt and their state carried over (execute_operation with
+rebuild_after_growth). Every op starts from a fresh model whose optimizers hold real state: AdamW's,
+or with --optimizer=muon Muon's momentum for the blocks' matrices and AdamW's for the rest.
 
 Each op is also measured against its floor, timed in the same run right after it: one clone() of
-every parameter and AdamW moment of the grown model. Any growth op must at least write those once
+every parameter and optimizer state tensor of the grown model. Any growth op must at least write those once
 into fresh memory; the old tensors are kept alive through both timings, so that the op and the
 floor alike get fresh memory (not memory the op just freed). The last line names the worst ratio.
 
 $ python bench_ops.py
 $ python bench_ops.py --repeats=3   # each op 3 times: the fastest op against the fastest floor (a busy machine)
+$ python bench_ops.py --optimizer=muon   # the ops with Muon state
 $ python bench_ops.py --n_layer=2 --n_embd=64 --n_head=2 --vocab_size=65 --block_size=64   # a tiny run
 """
 
@@ -35,6 +37,7 @@ DEFAULTS = dict(
     device='cpu',
     seed=1337,
     repeats=1,  # each op this many times: the fastest op against the fastest floor
+    optimizer='adamw',  # 'adamw' or 'muon': the optimizer state the ops carry
 )
 
 # (name, value, what the starting model differs in): stacking starts at half the depth, LoRA ops with rank 8 on
@@ -50,7 +53,7 @@ OPS = [('stack_layers', 2, dict(half_depth=True)),
 
 
 def model_with_optimizer_state(config, differs):
-    """A fresh model on the device and an AdamW that took one step with random gradients."""
+    """A fresh model on the device and optimizers that took one step with random gradients."""
     model_config = GPTConfig(n_layer=config['n_layer'] // 2 if differs.get('half_depth') else config['n_layer'],
                              n_head=config['n_head'], n_embd=config['n_embd'], vocab_size=config['vocab_size'],
                              block_size=config['block_size'], bias=False,
@@ -59,14 +62,13 @@ def model_with_optimizer_state(config, differs):
     for p in train.model.parameters():
         if p.requires_grad:
             p.grad = torch.randn_like(p) * 1e-3
-    train.optimizer.step()
-    train.optimizer.zero_grad(set_to_none=True)
+    train.optimizers.step()
+    train.optimizers.zero_grad(set_to_none=True)
 
 
 def floor_seconds(repeats=3):
-    """The fastest of a few clones of every parameter and AdamW moment of the model as it is now."""
-    tensors = [p.detach() for p in train.model.parameters()]
-    tensors += [state[k] for state in train.optimizer.state.values() for k in ('exp_avg', 'exp_avg_sq') if k in state]
+    """The fastest of a few clones of every parameter and optimizer state tensor of the model as it is now."""
+    tensors = [p.detach() for p in train.model.parameters()] + train.state_tensors()
     best = math.inf
     for _ in range(repeats):
         started = time.time()
@@ -81,7 +83,7 @@ def main(argv):
         return print_help("usage: python bench_ops.py [--key=value ...]", DEFAULTS, key_comments(__file__))
     config = configure(argv, DEFAULTS)
     train.setup(dict(device=config['device'], compile=False, seed=config['seed'],
-                     growth_optimizer_state='carry'))
+                     growth_optimizer_state='carry', optimizer=config['optimizer']))
     print(f"{'op':<28} {'seconds':>8}  {'params before -> after':>26}  {'state carried':>13}  under 1 s"
           f"  {'floor s':>8}  {'x floor':>7}")
     worst = (0.0, '')
@@ -91,7 +93,7 @@ def main(argv):
             model_with_optimizer_state(config, differs)
             before = train.model.get_num_params()
             # the old parameters and moments stay alive until the floor is timed (see the top)
-            old = list(train.model.parameters()) + [t for s in train.optimizer.state.values() for t in s.values()]
+            old = list(train.model.parameters()) + [t for s in train.optimizers.state.values() for t in s.values()]
             entry = dict(name=name, value=value, trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
             train.reset_orchestrator([entry])
             log = io.StringIO()

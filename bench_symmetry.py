@@ -72,14 +72,11 @@ def layer_cosine(model):
     return sum(F.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() for a, b in pairs) / len(pairs)
 
 
-def rebind(base, base_optimizer, model):
-    """An AdamW for the copied model holding a copy of the base optimizer's state."""
+def rebind(base_optimizer, model):
+    """An AdamW for the copied model holding a copy of the base optimizer's state (a state dict numbers the
+    parameters in order, which the copy shares)."""
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu')
-    names = {p: name for name, p in base.named_parameters()}
-    by_name = {names[p]: state for p, state in base_optimizer.state.items()}
-    for name, p in model.named_parameters():
-        if name in by_name:
-            optimizer.state[p] = copy.deepcopy(by_name[name])
+    optimizer.load_state_dict(copy.deepcopy(base_optimizer.state_dict()))
     return optimizer
 
 
@@ -105,7 +102,7 @@ def main():
 
     for noise in [0.0] + [float(n) for n in args.noise.split(',')]:
         model = copy.deepcopy(base)
-        optimizer = rebind(base, base_optimizer, model)
+        optimizer = rebind(base_optimizer, model)
         before = val_loss(model, val_batches)
         optimizer, lineage = grow(model, optimizer,
                                   lambda m: m.widen_mlp(512, torch.Generator().manual_seed(args.seed), noise))
@@ -118,7 +115,7 @@ def main():
               f"{at_op:.3f} at the op, {later:.3f} after {args.steps} steps; val {val_loss(model, val_batches):.4f}")
 
     model = copy.deepcopy(base)
-    optimizer = rebind(base, base_optimizer, model)
+    optimizer = rebind(base_optimizer, model)
     before = val_loss(model, val_batches)
     optimizer, _ = grow(model, optimizer, lambda m: m.stack_layers([0, 0]))
     jump = val_loss(model, val_batches) - before

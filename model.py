@@ -8,7 +8,8 @@ its values came from, as (old_name, dim, index):
   (name, dim, index)  slices of `name` along `dim`; index[i] is the old slice that new slice i
                       copies, -1 marks a fresh slice
   (None, None, None)  a fresh tensor
-carry_optimizer_state (below) carries AdamW's moments through this lineage; train.py calls it.
+carry_optimizer_state (below) carries the optimizer state (AdamW's moments, Muon's momentum) through
+this lineage; train.py calls it.
 
 Masked structural growth (MSG): new structure is multiplied by `growth_mask`, a scalar that
 train.py raises from 0 to 1; at 0 the network computes exactly what it computed before.
@@ -121,10 +122,61 @@ def rotate(x, cos, sin):
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-# AdamW's state through a growth op's lineage
+# the optimizers: AdamW alone, or Muon for the blocks' weight matrices beside AdamW for the rest
+
+OPTIMIZERS = ('adamw', 'muon')
+
+
+def trains_with_muon(name, p):
+    """Muon takes the blocks' weight matrices (attention and mlp projections); AdamW keeps the
+    embeddings and head, LayerNorms, biases and LoRA adapters (Muon's lr grows with a matrix's
+    aspect, which would multiply a thin adapter's lr many times)."""
+    return name.startswith('transformer.h.') and name.endswith('.weight') and p.dim() == 2
+
+
+class Optimizers:
+    """A model's optimizers used as one, by name: {'adamw': AdamW} or {'adamw': AdamW, 'muon': Muon}.
+    The loop sets the lr of every param group, the grad scaler goes through param_groups and step(),
+    the growth carry fills each optimizer's own state. state_dict() is AdamW's (the format of
+    checkpoints from before Muon), with Muon's under 'muon'."""
+
+    def __init__(self, **by_name):
+        self.by_name = by_name
+
+    @property
+    def param_groups(self):
+        return [group for optimizer in self.by_name.values() for group in optimizer.param_groups]
+
+    @property
+    def state(self):
+        """parameter -> its state, over all optimizers (a new dict: write into by_name[...].state)"""
+        return {p: state for optimizer in self.by_name.values() for p, state in optimizer.state.items()}
+
+    def step(self):
+        for optimizer in self.by_name.values():
+            optimizer.step()
+
+    def zero_grad(self, set_to_none=True):
+        for optimizer in self.by_name.values():
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        state = self.by_name['adamw'].state_dict()
+        if 'muon' in self.by_name:
+            state['muon'] = self.by_name['muon'].state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        state = dict(state)
+        if 'muon' in self.by_name:
+            self.by_name['muon'].load_state_dict(state.pop('muon'))
+        self.by_name['adamw'].load_state_dict(state)
+
+
+# optimizer state through a growth op's lineage
 
 def carried_moment(moment, dim, index, fill):
-    """A new moment tensor whose slice i along dim is moment's slice index[i], or `fill` where
+    """A new state tensor whose slice i along dim is moment's slice index[i], or `fill` where
     index[i] is -1 (a fresh slice). One copy: the leading slices that stay where they were are
     copied as one block, and only the rest is gathered (a gather across columns is slow)."""
     n_kept = int((index == torch.arange(len(index))).cumprod(0).sum())
@@ -144,34 +196,48 @@ def carried_moment(moment, dim, index, fill):
     return torch.cat(parts, dim)
 
 
-def carry_optimizer_state(model, old_states, new_optimizer, lineage):
-    """After a growth op: copy AdamW's exp_avg / exp_avg_sq / step from the old parameters (old_states:
-    old name -> state) into new_optimizer, built for the grown model, following the model's lineage.
-    Fresh slices get exp_avg 0 and the source tensor's mean exp_avg_sq (so their first steps are not
-    oversized); fresh tensors start with no state. Returns how many tensors carried state over."""
-    carried = 0
-    taken = set()  # old tensors whose moments a new parameter took as they are (no copy); later ones copy
-    names = {p: name for name, p in model.named_parameters()}
-    for group in new_optimizer.param_groups:
-        for p in group['params']:
-            old_name, dim, index = lineage[names[p]]
-            old = old_states.get(old_name)
-            if not old:
-                continue
-            state = {'step': old['step'].clone()}
-            for key in ('exp_avg', 'exp_avg_sq'):
-                moment = old[key]
-                if index is not None:
-                    fill = moment.new_zeros(()) if key == 'exp_avg' else moment.mean()
-                    moment = carried_moment(moment, dim, index, fill)
-                elif old_name in taken:
-                    moment = moment.clone()
-                state[key] = moment
-            taken.add(old_name)
-            new_optimizer.state[p] = state
-            carried += 1
-    return carried
+def fresh_slice_fill(key, tensor):
+    """What a fresh slice of state `key` starts at: AdamW's second moment at the source tensor's mean
+    (so that the slice's first steps are not oversized), every other state (AdamW's first moment,
+    Muon's momentum buffer) at 0."""
+    return tensor.mean() if key == 'exp_avg_sq' else tensor.new_zeros(())
 
+
+def carried_state(old, dim, index, copy):
+    """One parameter's optimizer state through its lineage entry: every tensor shaped like the
+    parameter goes through (dim, index), scalars (AdamW's step) are kept as they are. copy: another
+    new parameter already took old's tensors as they are."""
+    state = {}
+    for key, value in old.items():
+        if value.dim() == 0:
+            state[key] = value.clone()
+        elif index is not None:
+            state[key] = carried_moment(value, dim, index, fresh_slice_fill(key, value))
+        else:
+            state[key] = value.clone() if copy else value
+    return state
+
+
+def carry_optimizer_state(model, old_states, new_optimizers, lineage):
+    """After a growth op: the old parameters' optimizer state (old_states: old name -> state) into
+    new_optimizers (an Optimizers built for the grown model), following the model's lineage, whatever
+    the optimizer: AdamW's exp_avg / exp_avg_sq / step and Muon's momentum_buffer alike (see
+    carried_state; fresh slices: fresh_slice_fill). Fresh tensors start with no state (the optimizer
+    starts it at 0). Returns how many tensors carried state over."""
+    carried = 0
+    taken = set()  # old tensors whose state a new parameter took as it is (no copy); later ones copy
+    names = {p: name for name, p in model.named_parameters()}
+    for optimizer in new_optimizers.by_name.values():
+        for group in optimizer.param_groups:
+            for p in group['params']:
+                old_name, dim, index = lineage[names[p]]
+                old = old_states.get(old_name)
+                if not old:
+                    continue
+                optimizer.state[p] = carried_state(old, dim, index, copy=old_name in taken)
+                taken.add(old_name)
+                carried += 1
+    return carried
 
 
 def mask_at(ramp, iter_num):
@@ -456,17 +522,27 @@ class GPT(nn.Module):
         (A100 bf16: 312 TFLOPS, like nanoGPT)."""
         return flops / dt / peak_flops
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW over the trainable parameters; every tensor of 2 or more dims is decayed
-        (matmul weights, embeddings, adapters), biases and LayerNorm gains are not."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw'):
+        """The optimizers of the trainable parameters, as one Optimizers. AdamW: every tensor of 2 or
+        more dims is decayed (matmul weights, embeddings, adapters), biases and LayerNorm gains are not.
+        optimizer 'muon': Muon (momentum 0.95, Nesterov) takes the blocks' weight matrices instead
+        (trains_with_muon), decayed like AdamW (decoupled: w *= 1 - lr * weight_decay), its update
+        scaled by 0.2 * sqrt(max(rows, cols)) to the size of an AdamW update (torch's
+        'match_rms_adamw'), so that the same learning_rate fits both."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        matrices = [params.pop(name) for name in list(params)
+                    if optimizer == 'muon' and trains_with_muon(name, params[name])]
         decay = [p for p in params.values() if p.dim() >= 2]
         no_decay = [p for p in params.values() if p.dim() < 2]
         groups = [{'params': decay, 'weight_decay': weight_decay},
                   {'params': no_decay, 'weight_decay': 0.0}]
         use_fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
         extra = dict(fused=True) if use_fused else dict()
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        optimizers = dict(adamw=torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra))
+        if matrices:
+            optimizers['muon'] = torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay,
+                                                  adjust_lr_fn='match_rms_adamw')
+        return Optimizers(**optimizers)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

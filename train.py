@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint as ckpt_files
 from configurator import ConfigError, UserError, configure, help_requested, key_comments, print_help
-from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, POS_EMBS, GPTConfig,
+from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, OPTIMIZERS, POS_EMBS, GPTConfig,
                    carry_optimizer_state, hf_model_args, import_transformers, mask_at)
 
 # -----------------------------------------------------------------------------
@@ -67,7 +67,12 @@ lora_alpha = 1.0
 activation = 'gelu'  # the mlp's GELU: 'gelu' (exact) or 'gelu_tanh' (GPT-2's tanh approximation)
 pos_emb = 'learned'  # 'learned' (a wpe table, GPT-2) or 'rope' (rotary, no wpe; head_size even; exports as GPT-NeoX)
 rope_base = 10000.0  # rope: pair i of a head turns by position * rope_base^(-2i / head_size)
-# adamw optimizer
+# optimizer
+# 'adamw', or 'muon': Muon (momentum 0.95) for the blocks' weight matrices, its update scaled to AdamW's size
+# so that learning_rate and every lr op mean the same for both; AdamW for embeddings and head, norms, biases and
+# LoRA adapters. Fixed for the run (a resume keeps it). Muon needs torch 2.9 or newer (torch.optim.Muon)
+optimizer = 'adamw'  # 'adamw' or 'muon' (above)
+# adamw (muon shares learning_rate, weight_decay and the lr schedule)
 learning_rate = 6e-4  # max learning rate
 max_iters = 600000  # total number of training iterations
 weight_decay = 1e-1
@@ -91,7 +96,7 @@ seed = 1337  # each DDP rank adds its rank
 # orchestrator
 scaling_schedule_file = ''  # a YAML or JSON schedule; '' = none (on resume: the schedule stored in the checkpoint)
 dry_run = False  # validate the schedule against the model, print the plan, exit
-growth_optimizer_state = 'carry'  # after a growth op: 'carry' AdamW moments through the lineage, or 'reset'
+growth_optimizer_state = 'carry'  # after a growth op: 'carry' the optimizer state through the lineage, or 'reset'
 growth_lr_rewarm_iters = 0  # > 0: linear lr re-warmup over this many iters after a growth op
 skip_nonfinite_steps = 0  # 0: stop at a non-finite loss/grad norm; N: skip such steps, stop after N in a row
 trigger_slope_evals = 3  # trigger_slope: fit the slope over this many most recent evals since the previous op
@@ -767,7 +772,16 @@ def validate_schedule(path, entries, first_index, model_config):
     return plan
 
 
+def describe_optimizer():
+    """The optimizer line of the plan and the run's start."""
+    parts = {'adamw': "adamw", 'muon': "muon for the blocks' weight matrices, adamw for embeddings and head, "
+                                        "norms, biases and LoRA adapters"}
+    after_growth = {'carry': 'carried through each growth op', 'reset': 'reset at each growth op'}
+    return f"optimizer: {parts[optimizer]}; its state {after_growth[growth_optimizer_state]}"
+
+
 def print_plan(plan):
+    print(describe_optimizer())
     print(f"plan: {len(plan)} operations")
     for row in plan:
         print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}")
@@ -1124,8 +1138,8 @@ class EventLog:
 # -----------------------------------------------------------------------------
 # the run: module globals (nanoGPT style) so that a growth op can rebuild what wraps the model
 
-optimizer = None
-optimizer_names = {}  # parameter -> name when the optimizer was built, to find state of replaced ones
+optimizers = None  # the run's optimizers as one (model.Optimizers: AdamW, or Muon and AdamW)
+optimizer_names = {}  # parameter -> name when the optimizers were built, to find state of replaced ones
 scaler = None
 eval_model = train_model = None  # compiled and DDP wrappers around model
 ddp, ddp_rank, ddp_local_rank, device_type = False, 0, 0, 'cpu'
@@ -1214,10 +1228,14 @@ def check_inputs():
     if init_from not in ('scratch', 'resume') + GPT2_HUB_NAMES and not os.path.isdir(init_from):
         raise UserError(f"init_from: expected scratch, resume, {', '.join(GPT2_HUB_NAMES)} or a Hugging Face GPT-2 "
                         f"folder, got {init_from!r} (no such folder)")
-    for key, allowed in (('growth_optimizer_state', ('carry', 'reset')), ('dtype', ('float32', 'bfloat16', 'float16')),
+    for key, allowed in (('optimizer', OPTIMIZERS), ('growth_optimizer_state', ('carry', 'reset')),
+                         ('dtype', ('float32', 'bfloat16', 'float16')),
                          ('lr_schedule', ('cosine', 'wsd')), ('activation', ACTIVATIONS), ('pos_emb', POS_EMBS)):
         if globals()[key] not in allowed:
             raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
+    if optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
+        raise UserError(f"optimizer: 'muon' needs torch.optim.Muon (torch 2.9 or newer); this torch is "
+                        f"{torch.__version__}: upgrade torch, or train with optimizer='adamw'")
     if trigger_slope_evals < 2:
         raise UserError(f"trigger_slope_evals: expected an integer >= 2 (a slope needs two evals), got {trigger_slope_evals}")
     if cooldown_iters < 0:
@@ -1256,10 +1274,10 @@ def check_inputs():
 
 
 def build_optimizer():
-    """A new AdamW for the model as it is now (and its training flops, for the counters)."""
-    global optimizer, optimizer_names, flops_per_token, flops_per_forward
+    """New optimizers for the model as it is now (and its training flops, for the counters)."""
+    global optimizers, optimizer_names, flops_per_token, flops_per_forward
     flops_per_token, flops_per_forward = model.flops_per_token(), model.flops_per_forward()
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer)
     optimizer_names = {p: name for name, p in model.named_parameters()}
 
 
@@ -1276,6 +1294,15 @@ def wrap_model():
     train_model = DDP(eval_model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None) if ddp else eval_model
 
 
+def check_same_optimizer(checkpoint):
+    """The optimizer is fixed for a run: its state in the checkpoint is that optimizer's (checkpoints
+    from before the optimizer key trained with AdamW)."""
+    saved = checkpoint['config'].get('optimizer', 'adamw')
+    if optimizer != saved:
+        raise UserError(f"optimizer: {out_dir}/ckpt.pt was trained with optimizer={saved!r}, resumed with "
+                        f"{optimizer!r}; the optimizer is fixed for a run: resume with optimizer={saved!r}")
+
+
 def build_run(model_config, checkpoint):
     global model, scaler, progress
     if checkpoint is None and init_from not in ('scratch', 'resume'):  # GPT-2 weights, checked by check_inputs
@@ -1288,7 +1315,8 @@ def build_run(model_config, checkpoint):
     progress = dict(iter_num=0, tokens=0, flops=0, eval_flops=0, best_val_loss=1e9, next_eval_iter=0)
     if checkpoint is not None:
         model.load_state_dict(checkpoint['model'])
-        optimizer.load_state_dict(checkpoint['optimizer'])
+        check_same_optimizer(checkpoint)
+        optimizers.load_state_dict(checkpoint['optimizer'])
         scaler.load_state_dict(checkpoint['scaler'])
         progress = {k: checkpoint[k] for k in PROGRESS_KEYS}
         set_rng_state(checkpoint['rng'][ddp_rank], data_generator)
@@ -1310,10 +1338,14 @@ def position_checksum(tensors, chunk=2**20):
     return total
 
 
+def state_tensors():
+    """The optimizers' state tensors shaped like their parameters (AdamW's moments, Muon's momentum)."""
+    return [t for state in optimizers.state.values() for t in state.values() if t.dim() > 0]
+
+
 def assert_ranks_agree():
-    """The position checksum of all parameters and AdamW moments, compared across ranks."""
-    tensors = list(model.parameters())
-    tensors += [state[k] for state in optimizer.state.values() for k in ('exp_avg', 'exp_avg_sq') if k in state]
+    """The position checksum of all parameters and optimizer state tensors, compared across ranks."""
+    tensors = list(model.parameters()) + state_tensors()
     checksum = position_checksum(tensors).view(1)
     gathered = [torch.zeros_like(checksum) for _ in range(ddp_world_size)]
     dist.all_gather(gathered, checksum)
@@ -1322,16 +1354,16 @@ def assert_ranks_agree():
 
 
 def rebuild_after_growth(lineage):
-    """After a growth op: a new optimizer, its state carried through the lineage (or reset, by
+    """After a growth op: new optimizers, their state carried through the lineage (or reset, by
     growth_optimizer_state), ranks checked to agree, new wrappers."""
-    old_states = {optimizer_names[p]: state for p, state in optimizer.state.items()}
+    old_states = {optimizer_names[p]: state for p, state in optimizers.state.items()}
     build_optimizer()
-    carried = carry_optimizer_state(model, old_states, optimizer, lineage) if growth_optimizer_state == 'carry' else 0
+    carried = carry_optimizer_state(model, old_states, optimizers, lineage) if growth_optimizer_state == 'carry' else 0
     if ddp and check_rank_consistency:
         assert_ranks_agree()
     wrap_model()
     if master_process:
-        n_tensors = sum(len(g['params']) for g in optimizer.param_groups)
+        n_tensors = sum(len(g['params']) for g in optimizers.param_groups)
         print(f"optimizer rebuilt: {carried} of {n_tensors} tensors carried their state over")
 
 
@@ -1343,7 +1375,7 @@ def write_checkpoint(config, wandb_run):
         dist.all_gather_object(rng, rng_state(data_generator))
     if master_process:
         checkpoint = dict(model=model.state_dict(), model_args=asdict(model.config),
-                          optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), config=config,
+                          optimizer=optimizers.state_dict(), scaler=scaler.state_dict(), config=config,
                           orchestrator=orchestrator_state(), growth_mask=ramp_mask(progress['iter_num']), rng=rng,
                           wandb_run_id=wandb_run.id if wandb_run is not None else '', **progress)
         print(f"saving checkpoint to {out_dir}")
@@ -1404,7 +1436,7 @@ def train_step(iter_num, next_batch=None):
     signature), get_batch if None. Returns (last micro-step loss, number of micro steps, tokens, whether
     the step was applied)."""
     lr = get_lr(iter_num)
-    for param_group in optimizer.param_groups:
+    for param_group in optimizers.param_groups:  # AdamW's and Muon's alike
         param_group['lr'] = lr
     micro_steps = effective_grad_accum() // ddp_world_size
     step_batch_size = effective_batch_size()
@@ -1422,15 +1454,15 @@ def train_step(iter_num, next_batch=None):
         loss_nonfinite |= ~torch.isfinite(loss.detach())
         scaler.scale(loss).backward()
     # unscale here, not in scaler.step: a skipped step must leave the fp16 scaler its inf checks for update()
-    scaler.unscale_(optimizer)
+    scaler.unscale_(optimizers)
     grad_norm = None
     if grad_clip != 0.0:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     applied = step_is_finite(iter_num, loss_nonfinite, grad_norm)
     if applied:
-        scaler.step(optimizer)
+        scaler.step(optimizers)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    optimizers.zero_grad(set_to_none=True)
     return loss, micro_steps, micro_steps * ddp_world_size * step_batch_size * block_size, applied
 
 
@@ -1586,6 +1618,7 @@ def main(config):
     if master_process:
         print(f"tokens per iteration will be: {effective_grad_accum() * effective_batch_size() * block_size:,}")
         print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+        print(describe_optimizer())
         print(f"precision: {dtype}" + (f" autocast on {device_type}, float32 weights" if dtype != 'float32' else '')
               + (", loss scaling" if scaler.is_enabled() else ''))
     signal.signal(signal.SIGTERM, lambda *_: stop_signals.append(True))

@@ -2,9 +2,9 @@
 DDP on CPU (issues 2, 3, 5): 2 processes under torchrun (gloo, loopback only), a tiny fp32 model and
 a schedule with a hyperparameter op, stack_layers and widen_mlp.
 - the run exits 0; grad accumulation 1 with 2 ranks rounds up to 2 (one micro step per rank);
-  every rank ends with the same parameters and the same AdamW state (each rank dumps its own
-  state after train.py's main() returns, through a small wrapper script), and rank 0's
-  checkpoint holds them; widen_mlp keeps the val loss under DDP;
+  every rank ends with the same parameters and the same optimizer state, AdamW's or Muon's and
+  AdamW's (each rank dumps its own state after train.py's main() returns, through a small wrapper
+  script), and rank 0's checkpoint holds them; widen_mlp keeps the val loss under DDP;
 - the rank-consistency check (check_rank_consistency, on by default) stops a run whose ranks grew
   differently (here: widen_mlp given a rank-dependent generator, which only permutes replicas);
 - one rank killed with kill -9 mid-run: torchrun exits non-zero, ckpt.pt is a complete
@@ -34,7 +34,7 @@ EXPECTED_OPS = [(10, 'change_lr'), (20, 'stack_layers'), (30, 'widen_mlp')]
 # after a wrapped train.py: this rank's parameters and AdamW state to out_dir/rank{R}.pt
 DUMP_STATE = r'''
 import torch
-torch.save(dict(model=train.model.state_dict(), optimizer=train.optimizer.state_dict()),
+torch.save(dict(model=train.model.state_dict(), optimizer=train.optimizers.state_dict()),
            os.path.join(train.out_dir, f'rank{train.ddp_rank}.pt'))
 '''
 # train.py, then the dump
@@ -87,11 +87,14 @@ def ops_in_events(out):
     return [(e['iter'], e['name']) for e in read_events(out) if e['event'] == 'op']
 
 
-def test_ddp_run_with_growth_ends_with_identical_ranks(setup, tmp_path):
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_ddp_run_with_growth_ends_with_identical_ranks(setup, tmp_path, optimizer):
+    """With Muon too: its momentum, carried through the growth ops, is the same on both ranks."""
     out = tmp_path / 'out'
-    result = run_train(setup['args'](out), command=setup['dumping'], timeout=180)
+    result = run_train(setup['args'](out, optimizer=optimizer), command=setup['dumping'], timeout=180)
     assert result.returncode == 0, describe_run(result)
     checkpoint = assert_ranks_identical(out)
+    assert ('muon' in checkpoint['optimizer']) == (optimizer == 'muon')
     assert (checkpoint['model_args']['n_layer'], checkpoint['model_args']['n_hidden']) == (2, 256)
     assert len(checkpoint['rng']) == 2 and not torch.equal(checkpoint['rng'][0]['data'], checkpoint['rng'][1]['data'])
     events = read_events(out)

@@ -318,7 +318,7 @@ def test_a_nan_in_any_micro_step_skips_the_step_without_grad_clip(tmp_path, monk
     _, micro_steps, _, applied = train.train_step(0)
     assert (micro_steps, len(calls), applied, train.nonfinite_in_a_row) == (3, 3, False, 1)
     assert all(torch.equal(before[k], v) for k, v in train.model.state_dict().items())
-    assert not train.optimizer.state  # the optimizer never stepped
+    assert not train.optimizers.state  # the optimizers never stepped
     _, _, _, applied = train.train_step(1)
     changed = [k for k, v in train.model.state_dict().items() if not torch.equal(before[k], v)]
     assert applied and train.nonfinite_in_a_row == 0 and len(changed) > 5

@@ -580,7 +580,7 @@ def test_training_flops_count_the_embedding_adapter_once_per_forward(monkeypatch
     model = tiny(**LORA)
     monkeypatch.setattr(train, 'model', model)
     monkeypatch.setattr(train, 'ddp_world_size', 2)
-    for name, value in dict(device_type='cpu', optimizer=None, optimizer_names={}, flops_per_token=0,
+    for name, value in dict(device_type='cpu', optimizers=None, optimizer_names={}, flops_per_token=0,
                             flops_per_forward=0).items():
         monkeypatch.setattr(train, name, value)  # build_optimizer sets them
     train.build_optimizer()

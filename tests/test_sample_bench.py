@@ -202,8 +202,9 @@ def test_bench_a_grown_checkpoint(grown_run, tmp_path):
     assert len(logged) == 3 and step_losses(grown.stdout) == logged
 
 
-def test_bench_ops_tiny():
-    result = run('bench_ops.py', *TINY_SHAPE)
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_bench_ops_tiny(optimizer):
+    result = run('bench_ops.py', *TINY_SHAPE, f'--optimizer={optimizer}')
     assert result.returncode == 0, result.stderr
     rows = re.findall(r'^(\w+)\s+([\d.]+)\s+([\d,]+) ->\s+([\d,]+)\s+(\d+)/(\d+)\s+(yes|no)\s+([\d.]+)\s+([\d.]+)$',
                       result.stdout, re.M)
