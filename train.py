@@ -1246,12 +1246,23 @@ def check_wandb():
         raise UserError(f"wandb_log=True: {' '.join(str(e).split())} (or log offline: WANDB_MODE=offline)") from None
 
 
-def check_vocabulary(meta, model_config, started_from):
-    """A resume reads data of the run's vocabulary: the model's (a run from GPT-2 weights may read fewer tokens)."""
+def check_vocabulary(meta, model_config):
+    """A resume reads data of the model's vocabulary (GPT-2 BPE data may have fewer tokens than imported
+    weights whose vocabulary is padded)."""
     data_vocab, model_vocab = meta['vocab_size'], model_config.vocab_size
-    if data_vocab > model_vocab or (data_vocab != model_vocab and started_from == 'scratch'):
+    if data_vocab > model_vocab or (data_vocab < model_vocab and meta.get('tokenizer') != 'gpt2'):
         raise UserError(f"data: {data_path()}/meta.pkl has vocab_size {data_vocab}, but the model in "
                         f"{out_dir}/ckpt.pt has {model_vocab} tokens; resume on the data the run trained on")
+
+
+def last_event_iter(path):
+    """The largest iter in an events.jsonl, None if no line is a readable event."""
+    iters = []
+    with open(path) as f:
+        for line in f:
+            with suppress(json.JSONDecodeError, KeyError, TypeError):
+                iters.append(json.loads(line)['iter'])
+    return max(iters, default=None)
 
 
 def check_no_run_in_out_dir():
@@ -1266,9 +1277,8 @@ def check_no_run_in_out_dir():
             found, ways = "is not a readable checkpoint", f"{ways} it"
         raise UserError(f"{ckpt_path} {found}; {ways}")
     if os.path.exists(events_path):
-        with open(events_path) as f:
-            iters = [it for it in map(event_iter, f) if it is not None]
-        through = f" (through iter {max(iters)})" if iters else ''
+        last_iter = last_event_iter(events_path)
+        through = f" (through iter {last_iter})" if last_iter is not None else ''
         raise UserError(f"{events_path} holds the events of a run{through}, without a checkpoint; {ways} them")
 
 
@@ -1313,7 +1323,7 @@ def check_inputs():
             raise UserError(f"{out_dir}/ckpt.pt: written by {saved_ranks} DDP process(es), resumed with "
                             f"{ddp_world_size}; resume with {saved_ranks} (each one continues its own data order)")
         model_config = GPTConfig(**dict(checkpoint['model_args'], dropout=dropout))  # dropout: the run's setting
-        check_vocabulary(meta, model_config, checkpoint['config'].get('init_from'))
+        check_vocabulary(meta, model_config)
         load_orchestrator_state(checkpoint['orchestrator'])
         if scaling_schedule_file:
             check_schedule_matches(load_schedule_file(scaling_schedule_file))
@@ -1688,10 +1698,11 @@ def describe_model(model_args):
     return ', '.join(f"{k} {model_args[k]!r}" for k in dict.fromkeys(ARCH_KEYS + LORA_KEYS + MODEL_KEYS) if k in model_args)
 
 
-def resumed_settings(argv, defaults, settings):
-    """settings (configure's, for init_from='resume') on top of the run's own, from its checkpoint."""
-    check_out_dir(settings['out_dir'])
-    path = os.path.join(settings['out_dir'], 'ckpt.pt')
+def resumed_settings(argv, defaults, run_dir):
+    """The settings of a resume of the run in run_dir: the run's own (the config its checkpoint stored),
+    argv's config files and --key=value applied over them."""
+    check_out_dir(run_dir)
+    path = os.path.join(run_dir, 'ckpt.pt')
     checkpoint = load_checkpoint(path, mmap=True)  # for its settings: no tensor is read
     run_config = {k: v for k, v in checkpoint['config'].items()
                   if k in defaults and k not in RUN_LOCAL_KEYS and type(v) is type(defaults[k])}
@@ -1731,7 +1742,7 @@ def run_from_command_line(argv):
         defaults = {k: globals()[k] for k in config_keys}
         settings = configure(argv, defaults)
         if settings['init_from'] == 'resume':
-            settings = resumed_settings(argv, defaults, settings)
+            settings = resumed_settings(argv, defaults, settings['out_dir'])
         main(setup(settings))
     except (UserError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
