@@ -57,16 +57,20 @@ def test_resume_without_the_settings_continues_the_run(runs, tmp_path):
 
 
 def test_each_changed_setting_is_one_line(runs, tmp_path):
+    """The rest of the command line repeats the run's values (TINY): no line for them."""
     out = copy_of_half(runs, tmp_path)
     result = run_train(train_args(runs / 'data', out, init_from='resume', max_iters=30, learning_rate=0.002,
-                                  eval_iters=3, dropout=0.0))
+                                  eval_iters=3, dropout=0.1))
     assert result.returncode == 0, describe_run(result)
     assert resume_lines(result.stdout) == [f"resuming from iter 20 ({out}/ckpt.pt)",
                                            "resume: eval_iters = 3 (the checkpoint's run: 2)",
+                                           "resume: dropout = 0.1 (the checkpoint's run: 0.0)",
                                            "resume: learning_rate = 0.002 (the checkpoint's run: 0.001)",
                                            "resume: max_iters = 30 (the checkpoint's run: 20)"]
-    config = torch.load(out / 'ckpt.pt', weights_only=True)['config']
-    assert (config['learning_rate'], config['eval_iters'], config['max_iters']) == (0.002, 3, 30)
+    checkpoint = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert (checkpoint['config']['learning_rate'], checkpoint['config']['eval_iters'], checkpoint['config']['max_iters'],
+            checkpoint['model_args']['dropout']) == (0.002, 3, 30, 0.1)
+    assert [e['iter'] for e in read_events(out) if e['event'] == 'eval'] == [0, 10, 20, 30]
 
 
 def test_a_config_file_with_the_runs_values_resumes_without_a_line(runs, tmp_path):
