@@ -60,7 +60,8 @@ def test_eval_only_on_a_resume_evaluates_the_checkpoint_and_writes_nothing(train
     last_eval = read_events(out)[-1]
     assert last_eval['iter'] == 20
     assert f"{loss_line(last_eval)} (eval_only: nothing written)" in result.stdout.splitlines()
-    assert 'saving checkpoint' not in result.stdout and 'iter 20:' not in result.stdout
+    assert 'saving checkpoint' not in result.stdout
+    assert not [line for line in result.stdout.splitlines() if line.startswith('iter ')]  # no training step
     assert untouched(out, before)
 
 
@@ -184,7 +185,7 @@ def test_ctrl_c_saves_says_how_to_continue_and_exits_130(trained, tmp_path):
     args = train_args(trained / 'data', tmp_path / 'out', max_iters=1000, lr_decay_iters=1000, log_interval=1)
     process = start_train(args)
     try:
-        wait_for_line(process, 'iter 3:')
+        wait_for_line(process, 'iter 3')  # the log line of iter 3 (iters 30.. come later)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=120)
     finally:
