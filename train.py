@@ -1695,7 +1695,8 @@ MODEL_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name in config_keys an
 
 
 def describe_model(model_args):
-    return ', '.join(f"{k} {model_args[k]!r}" for k in dict.fromkeys(ARCH_KEYS + LORA_KEYS + MODEL_KEYS) if k in model_args)
+    """What growth and LoRA ops change, as the model is now."""
+    return ', '.join(f"{k} {model_args[k]!r}" for k in ARCH_KEYS + LORA_KEYS)
 
 
 def resumed_settings(argv, defaults, run_dir):

@@ -89,12 +89,12 @@ def test_a_config_file_with_the_runs_values_resumes_without_a_line(runs, tmp_pat
 @pytest.mark.parametrize('override, message', [
     (dict(n_layer=6), "resume: n_layer = 6, but the run in {out}/ckpt.pt started with n_layer = 1 and its model is "
                       "now n_layer 1, n_head 2, head_size 16, n_embd 32, n_hidden 128, attn_lora_rank 0, "
-                      "embedding_lora_rank 0, lora_alpha 1.0, bias False, activation 'gelu'; a resume trains the "
+                      "embedding_lora_rank 0, lora_alpha 1.0; a resume trains the "
                       "checkpoint's model: grow it with a scaling_schedule_file, or start a new run in another "
                       "--out_dir"),
     (dict(bias=True), "resume: bias = True, but the run in {out}/ckpt.pt started with bias = False and its model is "
                       "now n_layer 1, n_head 2, head_size 16, n_embd 32, n_hidden 128, attn_lora_rank 0, "
-                      "embedding_lora_rank 0, lora_alpha 1.0, bias False, activation 'gelu'; a resume trains the "
+                      "embedding_lora_rank 0, lora_alpha 1.0; a resume trains the "
                       "checkpoint's model: grow it with a scaling_schedule_file, or start a new run in another "
                       "--out_dir"),
     (dict(block_size=64), "resume: block_size = 64 is larger than the block_size of the model in {out}/ckpt.pt (32); "
