@@ -1705,6 +1705,7 @@ def resumed_settings(argv, defaults, run_dir):
     check_out_dir(run_dir)
     path = os.path.join(run_dir, 'ckpt.pt')
     checkpoint = load_checkpoint(path, mmap=True)  # for its settings: no tensor is read
+    # a key the checkpoint predates, or whose type has changed since, takes the command line's value
     run_config = {k: v for k, v in checkpoint['config'].items()
                   if k in defaults and k not in RUN_LOCAL_KEYS and type(v) is type(defaults[k])}
     resumed = configure(argv, dict(defaults, **run_config), verbose=False)
