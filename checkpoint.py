@@ -18,12 +18,13 @@ def save_checkpoint(checkpoint, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, required_keys=()):
-    """The checkpoint at path (tensors on the cpu), or a UserError naming the file and what is wrong."""
+def load_checkpoint(path, required_keys=(), mmap=False):
+    """The checkpoint at path (tensors on the cpu), or a UserError naming the file and what is wrong.
+    mmap=True maps the tensors instead of reading them: quick, for a look at the settings and counters."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}")
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
         missing = [k for k in required_keys if k not in checkpoint]
     except Exception as e:
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): "

@@ -12,9 +12,9 @@ events.jsonl (all but the wall time).
   TRIGGERED" lines (then 0-2 ms: during the op). Where it landed is read from what it left: a
   ckpt.pt.tmp written by that run (killed mid-write), an op block without its COMPLETE line (mid-op).
 - SIGTERM under torchrun --nproc_per_node=2 (gloo), after a random iteration, to rank 0, rank 1 or
-  both (drawn): every rank must save once (one "stop requested" line, one checkpoint with both ranks'
-  RNG) and exit 0 (torchrun's exit code 0 says all workers did), and the resume must end as the
-  uninterrupted DDP run does. The signal goes to the workers, not to torchrun: torchrun itself, when
+  both (drawn): every rank must save once (one "stopped at iter" line, one checkpoint with both ranks'
+  RNG) and exit 143 (128 + SIGTERM; torchrun lists each worker's exit code in its ChildFailedError
+  report), and the resume must end as the uninterrupted DDP run does. The signal goes to the workers, not to torchrun: torchrun itself, when
   signalled, forwards it and then ends with its own SignalException traceback and a non-zero code
   (torch's elastic agent), whatever the workers do.
 
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -60,7 +61,8 @@ TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--np
 
 def command(out_dir, schedule_file, ddp=False, resume=False):
     args = dict(SETTINGS, out_dir=out_dir, scaling_schedule_file=schedule_file,
-                init_from='resume' if resume else 'scratch')
+                init_from='resume' if resume else 'scratch', overwrite=not resume)  # a kill before any checkpoint
+    # leaves events.jsonl: the rerun from scratch replaces it
     return (TORCHRUN if ddp else [sys.executable]) + ['train.py'] + [f'--{k}={v}' for k, v in args.items()]
 
 
@@ -215,11 +217,12 @@ def main():
                 os.kill(pids[rank], signal.SIGTERM)
         code, output, sent = run_until(command(out, schedule_file, ddp=True), f"iter {after}/",
                                        rng.uniform(0, 0.010), terminate)
-        stops = [line for line in output.splitlines() if line.startswith('stop requested: checkpoint at iter ')]
+        stops = [line for line in output.splitlines() if line.startswith('stopped at iter ')]
         term['sigterms'] += sent
-        term['clean exits'] += code == 0 and 'Traceback' not in output
+        worker_codes = set(re.findall(r'exitcode\s*: (-?\d+)', output))  # torchrun's report of its workers
+        term['clean exits'] += worker_codes == {'143'} and output.count('Traceback') == output.count('ChildFailedError:')
         checkpoint = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=True)
-        stopped_at = int(stops[0].split('at iter ')[1].split(',')[0]) if len(stops) == 1 else None
+        stopped_at = int(stops[0].split('at iter ')[1].split(':')[0]) if len(stops) == 1 else None
         term['single saves'] += stopped_at == checkpoint['iter_num'] and len(checkpoint['rng']) == 2
         code, output = run_to_end(command(out, schedule_file, ddp=True, resume=True))
         term['resumes'] += code == 0

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pickle
+import shlex
 import signal
 import sys
 import time
@@ -40,9 +41,10 @@ out_dir = 'out'
 eval_interval = 2000
 log_interval = 1
 eval_iters = 200
-eval_only = False  # if True, script exits right after the first eval
+eval_only = False  # if True, evaluate the model (on a resume: the checkpoint's), print the losses and exit; writes nothing
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
 init_from = 'scratch'  # 'scratch', 'resume', or GPT-2 weights: 'gpt2'..'gpt2-xl' or a Hugging Face GPT-2 folder
+overwrite = False  # a new run (not a resume) may replace the run it finds in out_dir (ckpt.pt, events.jsonl)
 # wandb logging
 wandb_log = False  # disabled by default
 wandb_project = 'owt'
@@ -1070,11 +1072,11 @@ CHECKPOINT_KEYS = tuple(dict.fromkeys(('model', 'model_args', 'optimizer', 'iter
                                         'config', 'wandb_run_id') + PROGRESS_KEYS))  # what a resume reads
 
 
-def load_checkpoint(path):
-    """The checkpoint to resume from, with every key a resume reads (a UserError otherwise)."""
+def load_checkpoint(path, mmap=False):
+    """The checkpoint to resume from, with every key a resume reads (a UserError otherwise); mmap: see checkpoint.py."""
     if not os.path.isfile(path):
         raise UserError(f"init_from='resume': no checkpoint at {path}")
-    checkpoint = ckpt_files.load_checkpoint(path, CHECKPOINT_KEYS)
+    checkpoint = ckpt_files.load_checkpoint(path, CHECKPOINT_KEYS, mmap)
     missing = [f'orchestrator.{k}' for k in ORCHESTRATOR_KEYS
                if k not in checkpoint['orchestrator'] and k != 'set_values']
     if missing:
@@ -1146,17 +1148,36 @@ ddp, ddp_rank, ddp_local_rank, device_type = False, 0, 0, 'cpu'
 ctx = nullcontext()
 data_generator = None
 stop_signals = []  # SIGTERM / SIGINT received: checkpoint and exit at the next iteration
+stopped_by = 0  # the signal the run stopped for (under DDP: agreed by the ranks); the exit status is 128 + it
 nonfinite_in_a_row = 0  # non-finite steps skipped in a row (skip_nonfinite_steps)
 flops_per_token = flops_per_forward = 0  # of a training step with the current model; refreshed when it changes
 
 
 MAX_SEED = 2**63 - 2**20
+PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+DEVICE_TYPES = ('cpu', 'cuda', 'mps')
+
+
+def check_choice(key, allowed):
+    if globals()[key] not in allowed:
+        raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
+
+
+def check_device():
+    try:
+        device_type_named = torch.device(device).type
+    except (RuntimeError, ValueError):  # torch's words for 'gpu' or 'cuda:x'
+        device_type_named = None
+    if device_type_named not in DEVICE_TYPES:
+        raise UserError(f"device: expected cpu, cuda, cuda:N or mps, got {device!r}")
 
 
 def setup_runtime():
     global ddp, ddp_rank, ddp_local_rank, device_type, ctx, data_generator
     if not 0 <= seed <= MAX_SEED:  # torch takes a signed 64-bit seed, and each rank adds its rank
         raise UserError(f"seed: expected an integer from 0 to {MAX_SEED}, got {seed}")
+    check_choice('dtype', PTDTYPES)  # before DDP starts on the device and autocast takes the dtype
+    check_device()
     ddp, ddp_rank, ddp_local_rank, _ = setup_distributed()
     torch.manual_seed(seed + ddp_rank)
     data_generator = torch.Generator().manual_seed(seed + ddp_rank)
@@ -1164,8 +1185,7 @@ def setup_runtime():
     torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
     torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
     # bf16 / fp16 run under autocast on cuda and cpu alike: weights and optimizer state stay float32
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-    ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+    ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=PTDTYPES[dtype])
 
 
 def setup(settings):
@@ -1222,6 +1242,65 @@ def model_config_from_hf(meta):
     return GPTConfig(**args)
 
 
+def check_out_dir(path):
+    if not path:
+        raise UserError("out_dir: empty; give the folder of the run, e.g. --out_dir=out")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"out_dir: {path} is a file, not a folder")
+
+
+def check_wandb():
+    """wandb_log: wandb is installed and has an API key (or logs offline), as wandb.init would find
+    them: wandb.login without verify reads the key (environment, netrc, settings) without the network."""
+    offline = os.environ.get('WANDB_MODE') in ('offline', 'disabled', 'dryrun')
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("wandb_log=True, but wandb is not installed: pip install wandb") from None
+    if offline:
+        return
+    try:
+        wandb.login(verify=False)
+    except wandb.errors.Error as e:
+        raise UserError(f"wandb_log=True: {' '.join(str(e).split())} (or log offline: WANDB_MODE=offline)") from None
+
+
+def check_vocabulary(meta, model_config):
+    """A resume reads data of the model's vocabulary (GPT-2 BPE data may have fewer tokens than imported
+    weights whose vocabulary is padded)."""
+    data_vocab, model_vocab = meta['vocab_size'], model_config.vocab_size
+    if data_vocab > model_vocab or (data_vocab < model_vocab and meta.get('tokenizer') != 'gpt2'):
+        raise UserError(f"data: {data_path()}/meta.pkl has vocab_size {data_vocab}, but the model in "
+                        f"{out_dir}/ckpt.pt has {model_vocab} tokens; resume on the data the run trained on")
+
+
+def last_event_iter(path):
+    """The largest iter in an events.jsonl, None if no line is a readable event."""
+    iters = []
+    with open(path) as f:
+        for line in f:
+            with suppress(json.JSONDecodeError, KeyError, TypeError):
+                iters.append(json.loads(line)['iter'])
+    return max(iters, default=None)
+
+
+def check_no_run_in_out_dir():
+    """A new run replaces out_dir's ckpt.pt and events.jsonl: refused where they hold a run, unless overwrite."""
+    ckpt_path, events_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'events.jsonl')
+    ways = "pick another --out_dir, or pass --overwrite=True to replace"
+    if os.path.exists(ckpt_path):
+        try:
+            found = f"holds a run at iter {ckpt_files.load_checkpoint(ckpt_path, ('iter_num',), mmap=True)['iter_num']}"
+            ways = f"continue it with --init_from=resume, {ways} it"
+        except UserError:
+            found, ways = "is not a readable checkpoint", f"{ways} it"
+        raise UserError(f"{ckpt_path} {found}; {ways}")
+    if os.path.exists(events_path):
+        last_iter = last_event_iter(events_path)
+        through = f" (through iter {last_iter})" if last_iter is not None else ''
+        raise UserError(f"{events_path} holds the events of a run{through}, without a checkpoint; {ways} them")
+
+
 def check_inputs():
     """Everything the user gave us, checked before anything is built or written.
     Returns (model config, checkpoint or None, plan); sets the orchestrator state."""
@@ -1229,10 +1308,9 @@ def check_inputs():
         raise UserError(f"init_from: expected scratch, resume, {', '.join(GPT2_HUB_NAMES)} or a Hugging Face GPT-2 "
                         f"folder, got {init_from!r} (no such folder)")
     for key, allowed in (('optimizer', OPTIMIZERS), ('growth_optimizer_state', ('carry', 'reset')),
-                         ('dtype', ('float32', 'bfloat16', 'float16')),
-                         ('lr_schedule', ('cosine', 'wsd')), ('activation', ACTIVATIONS), ('pos_emb', POS_EMBS)):
-        if globals()[key] not in allowed:
-            raise UserError(f"{key}: expected one of {', '.join(allowed)}, got {globals()[key]!r}")
+                         ('dtype', tuple(PTDTYPES)), ('lr_schedule', ('cosine', 'wsd')), ('activation', ACTIVATIONS),
+                         ('pos_emb', POS_EMBS)):
+        check_choice(key, allowed)
     if optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
         raise UserError(f"optimizer: 'muon' needs torch.optim.Muon (torch 2.9 or newer); this torch is "
                         f"{torch.__version__}: upgrade torch, or train with optimizer='adamw'")
@@ -1253,6 +1331,9 @@ def check_inputs():
     if not dry_run and device.startswith('cuda') and not torch.cuda.is_available():
         raise UserError(f"device: {device!r}, but this torch sees no CUDA device; train with --device=cpu "
                         "(a dry run validates a GPU recipe on any machine)")
+    check_out_dir(out_dir)
+    if wandb_log and master_process and not (dry_run or eval_only):
+        check_wandb()
     meta = check_data()
     checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt')) if init_from == 'resume' else None
     if checkpoint is None:
@@ -1264,12 +1345,15 @@ def check_inputs():
         if saved_ranks != ddp_world_size:  # each rank goes on with its own rng and data order from the checkpoint
             raise UserError(f"{out_dir}/ckpt.pt: written by {saved_ranks} DDP process(es), resumed with "
                             f"{ddp_world_size}; resume with {saved_ranks} (each one continues its own data order)")
-        model_config = GPTConfig(**checkpoint['model_args'])
+        model_config = GPTConfig(**dict(checkpoint['model_args'], dropout=dropout))  # dropout: the run's setting
+        check_vocabulary(meta, model_config)
         load_orchestrator_state(checkpoint['orchestrator'])
         if scaling_schedule_file:
             check_schedule_matches(load_schedule_file(scaling_schedule_file))
     plan = validate_schedule(scaling_schedule_file or f"{out_dir}/ckpt.pt (stored schedule)", orch.schedule,
                              orch.schedule_position, model_config)
+    if not (init_from == 'resume' or eval_only or dry_run or overwrite):
+        check_no_run_in_out_dir()
     return model_config, checkpoint, plan
 
 
@@ -1558,14 +1642,15 @@ def print_summary(log_event, elapsed_s):
 
 
 def stop_requested():
-    """A SIGTERM/SIGINT arrived (under DDP: on any rank, agreed at log intervals)."""
+    """The number of the SIGTERM/SIGINT that arrived, 0 if none (under DDP: on any rank, agreed at log
+    intervals; SIGTERM where ranks got both)."""
     if not ddp:
-        return bool(stop_signals)
+        return max(stop_signals, default=0)
     if progress['iter_num'] % log_interval:
-        return False
-    flag = torch.tensor([len(stop_signals)], device=device)
+        return 0
+    flag = torch.tensor([max(stop_signals, default=0)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return int(flag.item())
 
 
 def rewound_wandb_run(wandb, run_id, iter_num, config):
@@ -1601,14 +1686,46 @@ def open_logging(config, checkpoint):
     return wandb_run, EventLog(os.path.join(out_dir, 'events.jsonl'), keep_through_iter, wandb_run)
 
 
+def finished_message(iter_num):
+    """A resume of a run at max_iters: what to raise to train on."""
+    decayed = f", and a larger --lr_decay_iters (the lr reached min_lr at iter {lr_decay_end()})" \
+        if decay_lr and iter_num >= lr_decay_end() else ''
+    return (f"the run in {out_dir}/ckpt.pt is finished at iter {iter_num} (max_iters {max_iters}); "
+            f"to train on, resume with a larger --max_iters{decayed}")
+
+
+def evaluate_only():
+    """eval_only: the losses of the model as it is (a resume: the checkpoint's); nothing is written."""
+    losses = evaluate()
+    if master_process:
+        print(f"step {progress['iter_num']}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+              "(eval_only: nothing written)")
+
+
+def end_distributed():
+    if ddp:
+        dist.barrier()  # every rank done with the group before any tears it down (gloo aborts otherwise, now and then)
+        dist.destroy_process_group()
+
+
 def main(config):
     """The run, once setup(config) has set it up."""
+    global stopped_by
     model_config, checkpoint, plan = check_inputs()
     if dry_run:
         if master_process:
             print_plan(plan)
         return
+    if checkpoint is not None and checkpoint['iter_num'] >= max_iters and not eval_only:
+        if master_process:
+            print(finished_message(checkpoint['iter_num']))
+        end_distributed()
+        return
     build_run(model_config, checkpoint)
+    if eval_only:
+        evaluate_only()
+        end_distributed()
+        return
     if master_process:
         for row in plan:
             if row['warning']:
@@ -1621,8 +1738,8 @@ def main(config):
         print(describe_optimizer())
         print(f"precision: {dtype}" + (f" autocast on {device_type}, float32 weights" if dtype != 'float32' else '')
               + (", loss scaling" if scaler.is_enabled() else ''))
-    signal.signal(signal.SIGTERM, lambda *_: stop_signals.append(True))
-    signal.signal(signal.SIGINT, lambda *_: stop_signals.append(True))
+    signal.signal(signal.SIGTERM, lambda signum, _: stop_signals.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _: stop_signals.append(signum))
 
     clock = StepClock(time.time())
     local_iter_num = 0
@@ -1658,12 +1775,12 @@ def main(config):
             if (improved or always_save_checkpoint) and iter_num > 0:
                 write_checkpoint(config, wandb_run)
             clock.restart(time.time())  # the next step's time leaves out the eval, its ops and checkpoint
-        if iter_num >= max_iters or (iter_num == 0 and eval_only):
+        if iter_num >= max_iters:
             break
-        if stop_requested():
-            if master_process:
-                print(f"stop requested: checkpoint at iter {iter_num}, then exit")
+        stop_signal = stop_requested()
+        if stop_signal:
             write_checkpoint(config, wandb_run)
+            stopped_by = stop_signal  # run_from_command_line says how to continue and exits with 128 + it
             break
 
         loss, micro_steps, tokens, _ = train_step(iter_num)
@@ -1687,21 +1804,84 @@ def main(config):
 
     if master_process and progress['iter_num'] >= max_iters:
         print_summary(log_event, clock.elapsed(time.time()))
-    if ddp:
-        dist.barrier()  # every rank done with the group before any tears it down (gloo aborts otherwise, now and then)
-        dist.destroy_process_group()
+    end_distributed()
+
+
+# -----------------------------------------------------------------------------
+# the command line. A resume continues the run it resumes: its settings are the checkpoint's (the
+# config it stored), and whatever the resume's config file or --key=value set overrides them, one
+# `resume:` line per setting that differs. RUN_LOCAL_KEYS follow the command line (and the defaults)
+# instead: they describe this process, not the run. The model is the checkpoint's (it may have grown):
+# a model key that differs from the run's is refused, and so is a block_size larger than the model's.
+
+RUN_LOCAL_KEYS = ('init_from', 'out_dir', 'eval_only', 'dry_run', 'overwrite', 'device', 'backend', 'compile',
+                  'scaling_schedule_file')  # scaling_schedule_file '' on a resume: the schedule stored in the checkpoint
+MODEL_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name in config_keys and f.name not in ('block_size', 'dropout'))
+
+
+def describe_model(model_args):
+    """What growth and LoRA ops change, as the model is now."""
+    return ', '.join(f"{k} {model_args[k]!r}" for k in ARCH_KEYS + LORA_KEYS)
+
+
+def resumed_settings(argv, defaults, run_dir):
+    """The settings of a resume of the run in run_dir: the run's own (the config its checkpoint stored),
+    argv's config files and --key=value applied over them."""
+    check_out_dir(run_dir)
+    path = os.path.join(run_dir, 'ckpt.pt')
+    checkpoint = load_checkpoint(path, mmap=True)  # for its settings: no tensor is read
+    # a key the checkpoint predates, or whose type has changed since, takes the command line's value
+    run_config = {k: v for k, v in checkpoint['config'].items()
+                  if k in defaults and k not in RUN_LOCAL_KEYS and type(v) is type(defaults[k])}
+    resumed = configure(argv, dict(defaults, **run_config), verbose=False)
+    changed = [k for k in run_config if resumed[k] != run_config[k]]
+    model_args = checkpoint['model_args']
+    key = next((k for k in changed if k in MODEL_KEYS), None)
+    if key is not None:
+        raise UserError(f"resume: {key} = {resumed[key]!r}, but the run in {path} started with {key} = "
+                        f"{run_config[key]!r} and its model is now {describe_model(model_args)}; a resume trains "
+                        "the checkpoint's model: grow it with a scaling_schedule_file, or start a new run in "
+                        "another --out_dir")
+    if resumed['block_size'] > model_args['block_size']:
+        raise UserError(f"resume: block_size = {resumed['block_size']} is larger than the block_size of the model in "
+                        f"{path} ({model_args['block_size']}); a resumed run trains on blocks of at most "
+                        f"{model_args['block_size']} tokens")
+    if int(os.environ.get('RANK', 0)) == 0:  # rank 0 prints (setup_distributed has not run yet)
+        print(f"resuming from iter {checkpoint['iter_num']} ({path})")
+        for key in changed:
+            print(f"resume: {key} = {resumed[key]!r} (the checkpoint's run: {run_config[key]!r})")
+    return resumed
+
+
+def resume_command(argv):
+    """The command that continues this run: its own arguments, with init_from=resume."""
+    script = sys.argv[0] if sys.argv[0].endswith('.py') else 'train.py'
+    launcher = f"torchrun --standalone --nproc_per_node={ddp_world_size}" if ddp else 'python'
+    args = [a for a in argv if not a.startswith(('--init_from=', '--overwrite='))] + ['--init_from=resume']
+    return ' '.join([launcher, shlex.quote(script)] + [shlex.quote(a) for a in args])
 
 
 def run_from_command_line(argv):
-    """Apply the config file and overrides, run, and turn user errors into one message."""
+    """Apply the config file and overrides (on a resume: over the run's own settings), run, and turn user
+    errors into one message. A run stopped by SIGINT / SIGTERM says how to continue and exits with
+    130 / 143 (128 + the signal, the shell's way), so that `train && next` does not go on."""
     if help_requested(argv):
         return print_help("usage: python train.py [config.py ...] [--key=value ...]", config_defaults,
                           key_comments(__file__))
     try:
-        main(setup(configure(argv, {k: globals()[k] for k in config_keys})))
+        defaults = {k: globals()[k] for k in config_keys}
+        settings = configure(argv, defaults)
+        if settings['init_from'] == 'resume':
+            settings = resumed_settings(argv, defaults, settings['out_dir'])
+        main(setup(settings))
     except (UserError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if stopped_by:
+        if master_process:
+            print(f"stopped at iter {progress['iter_num']}: checkpoint saved in {out_dir}/ckpt.pt; "
+                  f"continue with: {resume_command(argv)}")
+        sys.exit(128 + stopped_by)
 
 
 if __name__ == '__main__':

@@ -2,7 +2,8 @@
 Faults survived (issue 5), on a tiny CPU fp32 model trained by train.py in subprocesses. Every
 crash must cost nothing: a run resumed after it logs exactly the events of an uninterrupted run
 (all but the wall time) and ends with the same checkpoint.
-- SIGTERM / SIGINT mid-run: a checkpoint at the current iteration, exit 0, then an exact resume;
+- SIGTERM / SIGINT mid-run: a checkpoint at the current iteration, exit 143 / 130 (128 + the signal, so
+  that `train && next` stops), then an exact resume;
 - kill -9 from outside at a (seeded) random iteration, then an exact resume;
 - a resume of a run that had finished (killed after its last checkpoint): nothing is redone;
 - kill -9 at the worst moments, one after the other in the same run (the kill is made by the
@@ -116,13 +117,13 @@ def assert_resumes_exactly(setup, out):
 
 
 def stop_line_iter(output):
-    lines = [line for line in output.splitlines() if line.startswith('stop requested: checkpoint at iter ')]
+    lines = [line for line in output.splitlines() if line.startswith('stopped at iter ')]
     assert len(lines) == 1, output[-3000:]
-    return int(lines[0].split('at iter ')[1].split(',')[0])
+    return int(lines[0].split('at iter ')[1].split(':')[0])
 
 
 def stop_with_signal(setup, out, signum, after_iter, **overrides):
-    """Start a run, send signum once it logged iter after_iter; it must save and exit 0.
+    """Start a run, send signum once it logged iter after_iter; it must save and exit 128 + signum.
     Returns the iteration of its checkpoint."""
     process = start_train(setup['args'](out, **overrides))
     try:
@@ -132,7 +133,7 @@ def stop_with_signal(setup, out, signum, after_iter, **overrides):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == 128 + signum, output[-3000:]
     assert 'Traceback' not in output
     stopped_at = stop_line_iter(output)
     assert after_iter < stopped_at < MAX_ITERS
