@@ -12,6 +12,7 @@ The orchestrator follows a schedule file: at every eval, while the next entry's 
 entry's operation: a hyperparameter change, or a growth of the model. See README_ORCHESTRATOR.md.
 """
 
+import datetime
 import difflib
 import json
 import math
@@ -592,6 +593,38 @@ OPERATIONS.update({
 })
 
 
+def describe_non_json(value):
+    """What YAML made of a value that JSON has no type for (an unquoted date, a timestamp, !!binary, !!set)."""
+    if isinstance(value, datetime.datetime):
+        return f"a timestamp ({value})"
+    if isinstance(value, datetime.date):
+        return f"a date ({value})"
+    if isinstance(value, bytes):
+        return f"binary data ({len(value)} bytes)"
+    if isinstance(value, (set, frozenset)):
+        return f"a set ({len(value)} items)"
+    return f"a {type(value).__name__} ({value!r})"
+
+
+def non_json_part(value):
+    """The first part of a schedule value that JSON cannot hold, as 'where: what', or None. Walked with a
+    stack, not recursion: a value nested as deep as the parser allows does not overflow here."""
+    json_scalars = (str, int, float, bool, type(None))
+    stack = [('', value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, json_scalars):
+                    return f"{where}a mapping key that is {describe_non_json(key)}"
+            stack.extend((f"{where}{key}: ", item[key]) for key in reversed(list(item)))
+        elif isinstance(item, list):
+            stack.extend((f"{where}item {i}: ", item[i]) for i in reversed(range(len(item))))
+        elif not isinstance(item, json_scalars):
+            return f"{where}{describe_non_json(item)}"
+    return None
+
+
 def check_entry_shape(path, index, entry):
     """The fields every entry has, whatever its operation."""
     if not isinstance(entry, dict):
@@ -610,6 +643,10 @@ def check_entry_shape(path, index, entry):
         close = difflib.get_close_matches(str(name), list(OPERATIONS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ''
         raise ScheduleError(path, index, 'name', f"unknown operation {name!r}{hint}")
+    non_json = non_json_part(entry['value'])
+    if non_json is not None:  # the plan, the event log and the checkpoint write values as JSON
+        raise ScheduleError(path, index, 'value', f"{name}: {non_json}, which a schedule cannot hold (it takes "
+                            "numbers, text, true/false, null, lists and mappings)")
     trigger = entry['trigger_loss']
     if not is_finite(trigger):
         raise ScheduleError(path, index, 'trigger_loss', f"expected a finite number, got {describe(trigger)}")
