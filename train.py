@@ -761,51 +761,168 @@ def lr_decay_end():
     return orch.lr_schedule_offset + effective_lr_decay_iters()
 
 
+# when entries fire, walked as run_orchestrator runs them: at evals, which come every eval_interval iters
+# after the previous op; an entry fires at its timeout at the latest (a growth op not before the MSG mask
+# ramp has reached 1: advance_ramp folds it at start_iter + anneal_iters), at once by its loss trigger at
+# the earliest (a val loss is positive: trigger_loss <= 0 never fires), after trigger_slope_evals evals by
+# its slope trigger
+
+def eval_at_or_after(iter_num, last_op_iter):
+    """The first eval at or after iter_num, the previous op at last_op_iter."""
+    interval = effective_eval_interval()
+    return last_op_iter + -(-(iter_num - last_op_iter) // interval) * interval
+
+
+def last_eval_before_end(last_op_iter):
+    """The last eval before max_iters, the previous op at last_op_iter: an op there still changes training."""
+    interval = effective_eval_interval()
+    return last_op_iter + (max_iters - 1 - last_op_iter) // interval * interval
+
+
+def held_until(entry, due, ramp_end):
+    """due, or the end of the mask ramp for a growth op while one rises."""
+    return max(due, ramp_end) if OPERATIONS[entry['name']].grows and ramp_end is not None else due
+
+
+def timeout_eval(entry, last_op_iter, ramp_end):
+    """The eval at which the entry fires at the latest: its timeout."""
+    return eval_at_or_after(held_until(entry, last_op_iter + entry['max_wait_iters'], ramp_end), last_op_iter)
+
+
+def earliest_eval(entry, last_op_iter, ramp_end):
+    """The first eval at which the entry can fire."""
+    due = last_op_iter + entry['max_wait_iters']
+    if entry['trigger_loss'] > 0:
+        due = last_op_iter
+    elif 'trigger_slope' in entry:
+        due = min(due, last_op_iter + trigger_slope_evals * effective_eval_interval())
+    return eval_at_or_after(held_until(entry, due, ramp_end), last_op_iter)
+
+
+def ramp_end_iter():
+    ramp = orch.active_ramp
+    return ramp['start_iter'] + ramp['anneal_iters'] if ramp is not None else None
+
+
+def why_then(entry, last_op_iter, ramp_end, slope=False):
+    """Why an entry fires where it does at the earliest (slope=True) or the latest, for the warnings."""
+    wait = entry['max_wait_iters']
+    if slope and 'trigger_slope' in entry and trigger_slope_evals * effective_eval_interval() < wait:
+        why, wait = f"{trigger_slope_evals} evals after the previous op at iter {last_op_iter}, its slope trigger's first", \
+            trigger_slope_evals * effective_eval_interval()
+    else:
+        why = f"{wait} iters after the previous op at iter {last_op_iter}"
+    if held_until(entry, last_op_iter + wait, ramp_end) > last_op_iter + wait:
+        why += f", then the {orch.active_ramp['name']} mask ramp until iter {ramp_end}"
+    return why
+
+
+def simulate_entry(path, index, entry):
+    """Check the entry's value against the simulated model and apply it; returns the effective settings after it."""
+    operation = OPERATIONS[entry['name']]
+    try:
+        operation.check(entry['value'], model.config)
+        operation.apply(entry['value'])
+        if operation.ramp:
+            model.fold_ramp()
+        settings = effective_settings()
+        check_rounds_positive('the batch size', settings['batch_size'])
+        check_rounds_positive('the gradient accumulation steps', round(grad_accum_total()))
+        check_rounds_positive('eval_iters', settings['eval_iters'])
+        check_rounds_positive('eval_interval', settings['eval_interval'])
+        check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
+    except BadValue as e:
+        raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
+    except OverflowError:  # 10**400 layers, a batch factor of 1e300: sizes no float holds
+        raise ScheduleError(path, index, 'value', f"{entry['name']}: {describe(entry['value'])} is too "
+                            "large: the sizes it leads to overflow") from None
+    return settings
+
+
 def validate_schedule(path, entries, first_index, model_config):
-    """Walk the schedule on a simulated model: every value is checked against the model and the
-    settings it will meet. Returns the plan: one row of effective settings per entry, with a warning
-    where the entry, fired as late as it can, moves the end of the lr decay past max_iters (a late
-    reset_lr_schedule or change_warmup_iters: the run would end before the lr anneals)."""
-    plan = []
+    """Walk the schedule on a simulated model as the loop would run it: every value is checked against the
+    model and the settings it will meet. Returns the plan: one row of effective settings per entry, with
+    latest_iter, the eval it fires at by its timeout when every entry before it waits for theirs (None
+    when that is after max_iters), and a warning where the entry may not run before max_iters, or where
+    the ops leave the end of the lr decay after max_iters (see decay_warnings)."""
+    plan, timings = [], []
     with simulation(model_config):
         check_fits_in_memory('config')
+        # two walks at once: every entry at its latest (orch), and every entry as early as it can fire
+        early, early_ramp_end = orch.iter_of_last_op, ramp_end_iter()
+        certain, never = True, False  # every entry so far fires by max_iters; an entry before never runs
         for offset, entry in enumerate(entries):
-            index = first_index + offset
-            operation = OPERATIONS[entry['name']]
-            # the latest iter the entry can fire at: its timeout (every entry before at theirs), or the last eval
-            interval = effective_eval_interval()
-            orch.iter_of_last_op = min(max_iters, orch.iter_of_last_op + -(-entry['max_wait_iters'] // interval) * interval)
-            decay_end = lr_decay_end()
-            try:
-                operation.check(entry['value'], model.config)
-                operation.apply(entry['value'])
-                if operation.ramp:
-                    model.fold_ramp()
-                settings = effective_settings()
-                check_rounds_positive('the batch size', settings['batch_size'])
-                check_rounds_positive('the gradient accumulation steps', round(grad_accum_total()))
-                check_rounds_positive('eval_iters', settings['eval_iters'])
-                check_rounds_positive('eval_interval', settings['eval_interval'])
-                check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
-            except BadValue as e:
-                raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
-            except OverflowError:  # 10**400 layers, a batch factor of 1e300: sizes no float holds
-                raise ScheduleError(path, index, 'value', f"{entry['name']}: {describe(entry['value'])} is too "
-                                    "large: the sizes it leads to overflow") from None
+            index, last_op_iter, ramp_end = first_index + offset, orch.iter_of_last_op, ramp_end_iter()
+            timeout = timeout_eval(entry, last_op_iter, ramp_end)
+            early_before, early = early, earliest_eval(entry, early, early_ramp_end)
+            where, after = f"{path}: entry {index} ({entry['name']})", len(entries) - offset - 1
+            rest = f"; the {after} entr{'y' if after == 1 else 'ies'} after it wait{'s' if after == 1 else ''} for it" \
+                if after else ''
             warning = None
-            if decay_lr and lr_decay_end() != decay_end and lr_decay_end() > max_iters:
-                warning = (f"{path}: entry {index} ({entry['name']}), fired at iter {orch.iter_of_last_op} (the latest "
-                           f"it can), moves the end of the lr decay to iter {lr_decay_end()}, after max_iters "
-                           f"{max_iters}: the run would end before the lr reaches min_lr")
+            if early > max_iters and not never:
+                warning = (f"{where} never runs: it can fire at iter {early} at the earliest "
+                           f"({why_then(entry, early_before, early_ramp_end, slope=True)}), after max_iters {max_iters}{rest}")
+            elif timeout > max_iters and certain:
+                warning = (f"{where} runs only if {' or '.join(early_triggers(entry, early_before, early_ramp_end))} "
+                           f"before max_iters {max_iters}: its timeout falls at iter {timeout} "
+                           f"({why_then(entry, last_op_iter, ramp_end)}){rest}")
+            never, certain = never or early > max_iters, certain and timeout <= max_iters
+            # the latest it can fire and still change training
+            fired = timeout if timeout < max_iters else max(last_op_iter, last_eval_before_end(last_op_iter))
+            orch.iter_of_last_op, decay_end = fired, lr_decay_end()
+            settings = simulate_entry(path, index, entry)
+            operation = OPERATIONS[entry['name']]
+            if operation.grows:
+                orch.iter_of_last_growth = fired
+            if operation.ramp:
+                orch.active_ramp = dict(name=entry['name'], start_iter=fired, anneal_iters=entry['value']['anneal_iters'])
+                early_ramp_end = early + entry['value']['anneal_iters']
+            timings.append(dict(fired=fired, runs=early < max_iters, decay_end_before=decay_end,
+                                decay_end=lr_decay_end(), end_lr=get_lr(max_iters), min_lr=peak_and_min_lr()[1],
+                                with_previous=offset > 0 and timeout == last_op_iter and early == early_before))
             plan.append(dict(index=index, name=entry['name'], value=entry['value'], fires=describe_triggers(entry),
-                             warning=warning, **settings))
+                             latest_iter=timeout if certain else None, warning=warning, **settings))
+    for row, warning in decay_warnings(path, plan, timings):
+        row['warning'] = '; '.join(w for w in (row['warning'], warning) if w)
     return plan
+
+
+def early_triggers(entry, last_op_iter, ramp_end):
+    """What can fire an entry before its timeout."""
+    triggers = [f"val loss < {entry['trigger_loss']:g}"] if entry['trigger_loss'] > 0 else []
+    if 'trigger_slope' in entry:
+        triggers.append(f"its loss slope > {entry['trigger_slope']:g}")
+    if timeout_eval(entry, last_op_iter, ramp_end) <= max_iters:
+        triggers.append("an entry before it fires before its timeout")
+    return triggers
+
+
+def decay_warnings(path, plan, timings):
+    """(row, warning) where the ops of one eval, fired as late as they can, leave the end of the lr decay after
+    max_iters: the run would end above min_lr. The entries of one eval are those that fire with the one before
+    them for sure (max_wait_iters 0): a later one may undo what an earlier one did."""
+    if not decay_lr:
+        return []
+    warnings, start = [], 0
+    for k, timing in enumerate(timings):
+        if k + 1 < len(timings) and timings[k + 1]['with_previous']:
+            continue
+        group, start = list(range(start, k + 1)), k + 1
+        moved = [j for j in group if timings[j]['decay_end'] != timings[j]['decay_end_before']]
+        if timing['runs'] and timing['decay_end'] > max_iters and timing['decay_end'] != timings[group[0]]['decay_end_before']:
+            culprit = plan[moved[-1]]
+            warnings.append((culprit, f"{path}: entry {culprit['index']} ({culprit['name']}), fired at iter "
+                                      f"{timings[moved[-1]]['fired']} (the latest it can), moves the end of the lr decay to iter "
+                                      f"{timing['decay_end']}, after max_iters {max_iters}: the run would end at lr "
+                                      f"{timing['end_lr']:.2e}, above min_lr {timing['min_lr']:.2e}"))
+    return warnings
 
 
 def print_plan(plan):
     print(f"plan: {len(plan)} operations")
     for row in plan:
-        print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}")
+        latest = f" (at iter {row['latest_iter']} at the latest)" if row['latest_iter'] is not None else ''
+        print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}{latest}")
         print(f"      then peak lr {row['peak_lr']:.3g}, batch {row['batch_size']} x accum {row['grad_accum']}, "
               + ''.join(f"{k} {row[k]}, " for k in ARCH_KEYS) +
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
