@@ -921,12 +921,13 @@ def decay_warnings(path, plan, timings):
 def print_plan(plan):
     print(f"plan: {len(plan)} operations")
     for row in plan:
-        latest = f" (at iter {row['latest_iter']} at the latest)" if row['latest_iter'] is not None else ''
-        print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}{latest}")
+        print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}")
         print(f"      then peak lr {row['peak_lr']:.3g}, batch {row['batch_size']} x accum {row['grad_accum']}, "
               + ''.join(f"{k} {row[k]}, " for k in ARCH_KEYS) +
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
               f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
+        if row['latest_iter'] is not None:
+            print(f"      fires at iter {row['latest_iter']} at the latest")
         if row['warning']:
             print(f"      warning: {row['warning']}")
 
