@@ -500,7 +500,7 @@ def test_plan_warns_of_a_decay_that_ends_after_max_iters(cpu_model, monkeypatch,
     plan = train.validate_schedule(path, entries, 0, cpu_model)
     warning = "{}: entry {} ({}), fired at iter {} (the latest it can), moves the end of the lr decay to iter {}, " \
               "after max_iters 1000: the run would end at lr {}, above min_lr {}"
-    may_not_run = (f"{path}: entry 4 (set_lr) runs only if val loss < 1 before max_iters 1000: its timeout falls at "
+    may_not_run = (f"{path}: entry 4 (set_lr) runs before max_iters 1000 only if val loss < 1: its timeout falls at "
                    "iter 1000500 (1000000 iters after the previous op at iter 500); the 1 entry after it waits for it")
     end_lr = {'cosine': '5.61e-05', 'wsd': '1.33e-04'}[lr_schedule]
     assert [row['warning'] for row in plan] == [
@@ -518,7 +518,7 @@ def test_dry_run_and_start_up_log_warn_of_a_decay_past_max_iters(scheduled_run, 
     100 (the last eval before max_iters); its entry 1 has a timeout after max_iters, its entry 7 never runs."""
     schedule = tmp_path / 'schedule.json'
     schedule.write_text(json.dumps(RUN_SCHEDULE))
-    warnings = [f"warning: {schedule}: entry 1 (change_batch_size) runs only if val loss < 10 before max_iters 120: "
+    warnings = [f"warning: {schedule}: entry 1 (change_batch_size) runs before max_iters 120 only if val loss < 10: "
                 "its timeout falls at iter 1020 (1000 iters after the previous op at iter 20); the 6 entries after it "
                 "wait for it",
                 f"warning: {schedule}: entry 3 (change_warmup_iters), fired at iter 100 (the latest it can), moves "

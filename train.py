@@ -842,44 +842,40 @@ def simulate_entry(path, index, entry):
 def validate_schedule(path, entries, first_index, model_config):
     """Walk the schedule on a simulated model as the loop would run it: every value is checked against the
     model and the settings it will meet. Returns the plan: one row of effective settings per entry, with
-    latest_iter, the eval it fires at by its timeout when every entry before it waits for theirs (None
-    when that is after max_iters), and a warning where the entry may not run before max_iters, or where
-    the ops leave the end of the lr decay after max_iters (see decay_warnings)."""
+    latest_iter, the eval it fires at by its timeout when every entry before it fires at theirs (None when
+    that is after max_iters for it or an entry before it), and a warning where the entry may not run before
+    max_iters, or where the ops leave the end of the lr decay after max_iters (see decay_warnings)."""
     plan, timings = [], []
     with simulation(model_config):
         check_fits_in_memory('config')
-        # two walks at once: every entry at its latest (orch), and every entry as early as it can fire
-        early, early_ramp_end = orch.iter_of_last_op, ramp_end_iter()
-        certain, never = True, False  # every entry so far fires by max_iters; an entry before never runs
+        # three walks at once, each as [iter of the previous op, end of the mask ramp]: every entry at its
+        # timeout (latest), every entry as early as it can fire (early), and in orch every entry as late as
+        # it can fire and still change training (the iters of the lr warnings)
+        latest, early = [orch.iter_of_last_op, ramp_end_iter()], [orch.iter_of_last_op, ramp_end_iter()]
+        certain, never = True, False  # every entry so far fires by max_iters; an entry so far never runs
         for offset, entry in enumerate(entries):
-            index, last_op_iter, ramp_end = first_index + offset, orch.iter_of_last_op, ramp_end_iter()
-            timeout = timeout_eval(entry, last_op_iter, ramp_end)
-            early_before, early = early, earliest_eval(entry, early, early_ramp_end)
-            where, after = f"{path}: entry {index} ({entry['name']})", len(entries) - offset - 1
-            rest = f"; the {after} entr{'y' if after == 1 else 'ies'} after it wait{'s' if after == 1 else ''} for it" \
-                if after else ''
-            warning = None
-            if early > max_iters and not never:
-                warning = (f"{where} never runs: it can fire at iter {early} at the earliest "
-                           f"({why_then(entry, early_before, early_ramp_end, slope=True)}), after max_iters {max_iters}{rest}")
-            elif timeout > max_iters and certain:
-                warning = (f"{where} runs only if {' or '.join(early_triggers(entry, early_before, early_ramp_end))} "
-                           f"before max_iters {max_iters}: its timeout falls at iter {timeout} "
-                           f"({why_then(entry, last_op_iter, ramp_end)}){rest}")
-            never, certain = never or early > max_iters, certain and timeout <= max_iters
-            # the latest it can fire and still change training
-            fired = timeout if timeout < max_iters else max(last_op_iter, last_eval_before_end(last_op_iter))
+            index, operation = first_index + offset, OPERATIONS[entry['name']]
+            timeout, first = timeout_eval(entry, *latest), earliest_eval(entry, *early)
+            warned = first > max_iters and not never or timeout > max_iters and certain
+            warning = reach_warning(f"{path}: entry {index} ({entry['name']})", entry, len(entries) - offset - 1,
+                                    timeout, latest, first, early) if warned else None
+            never, certain = never or first > max_iters, certain and timeout <= max_iters
+            last_op_iter = orch.iter_of_last_op
+            fired = timeout_eval(entry, last_op_iter, ramp_end_iter())
+            fired = fired if fired < max_iters else max(last_op_iter, last_eval_before_end(last_op_iter))
+            with_previous = offset > 0 and fired == last_op_iter and first == early[0]
             orch.iter_of_last_op, decay_end = fired, lr_decay_end()
             settings = simulate_entry(path, index, entry)
-            operation = OPERATIONS[entry['name']]
+            latest[0], early[0] = timeout, first
             if operation.grows:
                 orch.iter_of_last_growth = fired
             if operation.ramp:
-                orch.active_ramp = dict(name=entry['name'], start_iter=fired, anneal_iters=entry['value']['anneal_iters'])
-                early_ramp_end = early + entry['value']['anneal_iters']
-            timings.append(dict(fired=fired, runs=early < max_iters, decay_end_before=decay_end,
+                anneal = entry['value']['anneal_iters']
+                orch.active_ramp = dict(name=entry['name'], start_iter=fired, anneal_iters=anneal)
+                latest[1], early[1] = timeout + anneal, first + anneal
+            timings.append(dict(fired=fired, runs=first < max_iters, decay_end_before=decay_end,
                                 decay_end=lr_decay_end(), end_lr=get_lr(max_iters), min_lr=peak_and_min_lr()[1],
-                                with_previous=offset > 0 and timeout == last_op_iter and early == early_before))
+                                with_previous=with_previous))
             plan.append(dict(index=index, name=entry['name'], value=entry['value'], fires=describe_triggers(entry),
                              latest_iter=timeout if certain else None, warning=warning, **settings))
     for row, warning in decay_warnings(path, plan, timings):
@@ -887,14 +883,21 @@ def validate_schedule(path, entries, first_index, model_config):
     return plan
 
 
-def early_triggers(entry, last_op_iter, ramp_end):
-    """What can fire an entry before its timeout."""
+def reach_warning(where, entry, n_after, timeout, latest, first, early):
+    """An entry that never runs before max_iters (first, its earliest eval, is after it), or runs only if a
+    trigger fires before its timeout."""
+    rest = f"; the {n_after} entr{'y' if n_after == 1 else 'ies'} after it wait{'s' if n_after == 1 else ''} for it" \
+        if n_after else ''
+    if first > max_iters:
+        return (f"{where} never runs: it can fire at iter {first} at the earliest ({why_then(entry, *early, slope=True)}), "
+                f"after max_iters {max_iters}{rest}")
     triggers = [f"val loss < {entry['trigger_loss']:g}"] if entry['trigger_loss'] > 0 else []
     if 'trigger_slope' in entry:
         triggers.append(f"its loss slope > {entry['trigger_slope']:g}")
-    if timeout_eval(entry, last_op_iter, ramp_end) <= max_iters:
-        triggers.append("an entry before it fires before its timeout")
-    return triggers
+    if timeout_eval(entry, *early) <= max_iters:
+        triggers.append("an entry before it fires early")
+    return (f"{where} runs before max_iters {max_iters} only if {' or '.join(triggers)}: its timeout falls at iter "
+            f"{timeout} ({why_then(entry, *latest)}){rest}")
 
 
 def decay_warnings(path, plan, timings):

@@ -79,7 +79,7 @@ def test_entry_that_runs_only_on_its_loss_trigger(settings):
     plan = train.validate_schedule('s.yaml', schedule, 0, TINY)
     assert [row['latest_iter'] for row in plan] == [None, None, None]
     assert warnings(plan) == [
-        "s.yaml: entry 0 (change_lr) runs only if val loss < 2 before max_iters 80: its timeout falls at iter "
+        "s.yaml: entry 0 (change_lr) runs before max_iters 80 only if val loss < 2: its timeout falls at iter "
         "100000 (100000 iters after the previous op at iter 0); the 2 entries after it wait for it", None, None]
 
 
