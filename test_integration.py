@@ -85,7 +85,7 @@ def test_multiplier_example_has_every_hyperparameter_op(cpu_model):
     last = train.validate_schedule(path, entries, 0, cpu_model)[-1]
     assert last['peak_lr'] == pytest.approx(3e-4, rel=1e-12)
     assert (last['batch_size'], last['grad_accum'], last['warmup_iters'], last['lr_decay_iters'],
-            last['eval_iters'], last['eval_interval']) == (16, 4, 200, 4000, 50, 100)
+            last['eval_iters'], last['eval_interval']) == (16, 4, 40, 800, 50, 100)
 
 
 def test_quick_trigger_schedule_fires_at_the_first_evals(cpu_model, monkeypatch):
