@@ -1104,15 +1104,33 @@ def data_path():
     return data_dir or os.path.join('data', dataset)
 
 
+def prepare_command(folder):
+    """The command that makes the data in folder: the dataset's own prepare.py, or data/text/prepare.py on
+    the user's text, GPT-2 BPE for GPT-2 weights, characters for a model from scratch."""
+    if os.path.isfile(f"data/{dataset}/prepare.py"):
+        return f"python data/{dataset}/prepare.py" + (f" --out_dir {folder}" if data_dir else '')
+    tokenizer = 'char' if init_from in ('scratch', 'resume') else 'gpt2'
+    return f"python data/text/prepare.py --input YOUR_TEXT --out_dir {folder} --tokenizer {tokenizer}"
+
+
+def similar_dataset():
+    """A hint for a misspelt dataset (no folder data/<dataset> at all): the prepared folder under data/ (one
+    with a train.bin) closest to its name."""
+    if data_dir or not os.path.isdir('data') or os.path.isdir(os.path.join('data', dataset)):
+        return ''
+    prepared = [name for name in sorted(os.listdir('data')) if os.path.isfile(os.path.join('data', name, 'train.bin'))]
+    close = difflib.get_close_matches(dataset, prepared, n=1)
+    return f" (did you mean --dataset={close[0]}?)" if close else ''
+
+
 def check_data():
     """train.bin, val.bin and meta.pkl exist and the tokens fit the vocabulary. Returns meta."""
     folder = data_path()
-    prepare = f"python data/{dataset}/prepare.py" + (f" --out_dir {folder}" if data_dir else '') \
-        if os.path.isfile(f"data/{dataset}/prepare.py") \
-        else "python data/text/prepare.py --input YOUR_TEXT --out_dir " + folder
+    prepare = prepare_command(folder)
     for name in ('train.bin', 'val.bin', 'meta.pkl'):
         if not os.path.isfile(os.path.join(folder, name)):
-            raise UserError(f"data: {os.path.join(folder, name)} not found; make it with: {prepare}")
+            hint = similar_dataset() if name == 'train.bin' else ''
+            raise UserError(f"data: {os.path.join(folder, name)} not found{hint}; make it with: {prepare}")
     try:
         with open(os.path.join(folder, 'meta.pkl'), 'rb') as f:
             meta = pickle.load(f)
