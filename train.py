@@ -806,12 +806,10 @@ def ramp_end_iter():
 
 def why_then(entry, last_op_iter, ramp_end, slope=False):
     """Why an entry fires where it does at the earliest (slope=True) or the latest, for the warnings."""
-    wait = entry['max_wait_iters']
-    if slope and 'trigger_slope' in entry and trigger_slope_evals * effective_eval_interval() < wait:
-        why, wait = f"{trigger_slope_evals} evals after the previous op at iter {last_op_iter}, its slope trigger's first", \
-            trigger_slope_evals * effective_eval_interval()
-    else:
-        why = f"{wait} iters after the previous op at iter {last_op_iter}"
+    wait, why = entry['max_wait_iters'], f"{entry['max_wait_iters']} iters after the previous op at iter {last_op_iter}"
+    slope_wait = trigger_slope_evals * effective_eval_interval()
+    if slope and 'trigger_slope' in entry and slope_wait < wait:
+        wait, why = slope_wait, f"the slope trigger's first eval, {slope_wait} iters after the previous op at iter {last_op_iter}"
     if held_until(entry, last_op_iter + wait, ramp_end) > last_op_iter + wait:
         why += f", then the {orch.active_ramp['name']} mask ramp until iter {ramp_end}"
     return why

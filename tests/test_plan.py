@@ -119,3 +119,14 @@ def test_plan_iters_and_warnings_are_the_real_runs(tmp_path):
         (10, 'msg_widen_mlp'), (50, 'stack_layers'), (50, 'reset_lr_schedule')]
     final = [e for e in events if e['event'] == 'eval'][-1]
     assert final['iter'] == 80 and f"{final['lr']:.2e}" == '2.69e-04'
+
+
+def test_slope_trigger_too_late_never_runs(settings, monkeypatch):
+    """The slope is first measured trigger_slope_evals (3) evals after the previous op: iter 30, after max_iters 20."""
+    monkeypatch.setattr(train, 'max_iters', 20)
+    monkeypatch.setattr(train, 'trigger_slope_evals', 3)
+    plan = train.validate_schedule('s.yaml', [dict(entry('change_lr', 0.5, max_wait_iters=1000), trigger_slope=-0.1)],
+                                   0, TINY)
+    assert warnings(plan) == [
+        "s.yaml: entry 0 (change_lr) never runs: it can fire at iter 30 at the earliest (the slope trigger's first "
+        "eval, 30 iters after the previous op at iter 0), after max_iters 20"]
