@@ -517,6 +517,16 @@ FOUND = [
      "entry 0, field 'value': widen_mlp: 1e+307 (float) is too large: the sizes it leads to overflow"),
     ('batch_size_overflows', '.json', json.dumps(one_entry(name='change_batch_size', value=1e308)).encode(),
      "entry 0, field 'value': change_batch_size: 1e+308 (float) is too large: the sizes it leads to overflow"),
+    # issue 21: YAML's own types reached json.dumps (TypeError: keys must be str, ..., not datetime.date / Object
+    # of type bytes is not JSON serializable)
+    ('yaml_date_key', '.yaml', b'- {name: change_attn_lora_rank, value: {2000-01-01: null}, trigger_loss: 0.0, '
+     b'max_wait_iters: 0, reevaluate: false}\n',
+     "entry 0, field 'value': change_attn_lora_rank: a mapping key that is a date (2000-01-01), which a schedule "
+     "cannot hold (it takes numbers, text, true/false, null, lists and mappings)"),
+    ('yaml_binary', '.yaml', b'- {name: change_attn_lora_rank, value: !!binary "", trigger_loss: 0.0, '
+     b'max_wait_iters: 0, reevaluate: false}\n',
+     "entry 0, field 'value': change_attn_lora_rank: binary data (0 bytes), which a schedule cannot hold (it takes "
+     "numbers, text, true/false, null, lists and mappings)"),
 ]
 
 
