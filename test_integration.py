@@ -85,7 +85,7 @@ def test_multiplier_example_has_every_hyperparameter_op(cpu_model):
     last = train.validate_schedule(path, entries, 0, cpu_model)[-1]
     assert last['peak_lr'] == pytest.approx(3e-4, rel=1e-12)
     assert (last['batch_size'], last['grad_accum'], last['warmup_iters'], last['lr_decay_iters'],
-            last['eval_iters'], last['eval_interval']) == (16, 4, 200, 4000, 50, 100)
+            last['eval_iters'], last['eval_interval']) == (16, 4, 40, 800, 50, 100)
 
 
 def test_quick_trigger_schedule_fires_at_the_first_evals(cpu_model, monkeypatch):
@@ -485,37 +485,50 @@ def test_dry_run_prints_the_plan_and_writes_nothing(data_dir, tmp_path):
 def test_plan_warns_of_a_decay_that_ends_after_max_iters(cpu_model, monkeypatch, tmp_path, lr_schedule):
     """A late reset_lr_schedule or change_warmup_iters moves the end of the decay (cosine) or of the
     cooldown (wsd) past max_iters: the run would end at a high lr. The plan names the entry, the
-    latest iter it can fire at, and where the decay would end; the other entries get no warning."""
+    latest iter it can fire at (and still train after it), where the decay would end and the lr the run
+    would end at; an entry that undoes the move at the same eval clears it (issue 21)."""
     for key, value in dict(max_iters=1000, lr_decay_iters=1000, warmup_iters=100, eval_interval=100,
                            lr_schedule=lr_schedule, decay_lr=True).items():
         monkeypatch.setattr(train, key, value)
     entries = [entry('change_lr', 0.5, max_wait_iters=0),
                entry('reset_lr_schedule', None, max_wait_iters=250),  # fires at the eval of iter 300 at the latest
-               entry('change_warmup_iters', 0.5, max_wait_iters=0),  # decay 500: ends at 800 again
+               entry('change_warmup_iters', 0.5, max_wait_iters=0),  # at 300 with it: decay 500, ends at 800 again
                entry('change_warmup_iters', 1.5, max_wait_iters=200),  # at 500 at the latest: decay 750 from 300, ends at 1050
                entry('set_lr', 1e-3, trigger_loss=1.0, max_wait_iters=10**6),  # no change of the decay
-               entry('reset_lr_schedule', None, trigger_loss=1.0, max_wait_iters=10**6)]  # at max_iters at the latest
+               entry('reset_lr_schedule', None, trigger_loss=1.0, max_wait_iters=10**6)]  # at 900, the last eval that trains
     path = str(tmp_path / 'schedule.json')
     plan = train.validate_schedule(path, entries, 0, cpu_model)
     warning = "{}: entry {} ({}), fired at iter {} (the latest it can), moves the end of the lr decay to iter {}, " \
-              "after max_iters 1000: the run would end before the lr reaches min_lr"
+              "after max_iters 1000: the run would end at lr {}, above min_lr {}"
+    may_not_run = (f"{path}: entry 4 (set_lr) runs before max_iters 1000 only if val loss < 1: its timeout falls at "
+                   "iter 1000500 (1000000 iters after the previous op at iter 500); the 1 entry after it waits for it")
+    end_lr = {'cosine': '5.61e-05', 'wsd': '1.33e-04'}[lr_schedule]
     assert [row['warning'] for row in plan] == [
-        None, warning.format(path, 1, 'reset_lr_schedule', 300, 1300), None,
-        warning.format(path, 3, 'change_warmup_iters', 500, 1050), None,
-        warning.format(path, 5, 'reset_lr_schedule', 1000, 1750)]
+        None, None, None, warning.format(path, 3, 'change_warmup_iters', 500, 1050, end_lr, '5.00e-05'), may_not_run,
+        warning.format(path, 5, 'reset_lr_schedule', 900, 1650, '9.97e-04' if lr_schedule == 'cosine' else '1.00e-03',
+                       '1.00e-04')]
     monkeypatch.setattr(train, 'decay_lr', False)  # a constant lr: nothing to anneal
-    assert [row['warning'] for row in train.validate_schedule(path, entries, 0, cpu_model)] == [None] * 6
+    assert [row['warning'] for row in train.validate_schedule(path, entries, 0, cpu_model)] == [None] * 4 + [
+        may_not_run, None]
 
 
 @pytest.mark.slow
 def test_dry_run_and_start_up_log_warn_of_a_decay_past_max_iters(scheduled_run, data_dir, tmp_path):
-    """RUN_SCHEDULE doubles lr_decay_iters (120 -> 240, max_iters 120) and resets the schedule at the latest at 120."""
+    """RUN_SCHEDULE doubles lr_decay_iters (120 -> 240, max_iters 120) and resets the schedule at the latest at
+    100 (the last eval before max_iters); its entry 1 has a timeout after max_iters, its entry 7 never runs."""
     schedule = tmp_path / 'schedule.json'
     schedule.write_text(json.dumps(RUN_SCHEDULE))
-    warnings = [f"warning: {schedule}: entry 3 (change_warmup_iters), fired at iter 120 (the latest it can), moves "
-                "the end of the lr decay to iter 240, after max_iters 120: the run would end before the lr reaches min_lr",
-                f"warning: {schedule}: entry 5 (reset_lr_schedule), fired at iter 120 (the latest it can), moves "
-                "the end of the lr decay to iter 360, after max_iters 120: the run would end before the lr reaches min_lr"]
+    warnings = [f"warning: {schedule}: entry 1 (change_batch_size) runs before max_iters 120 only if val loss < 10: "
+                "its timeout falls at iter 1020 (1000 iters after the previous op at iter 20); the 6 entries after it "
+                "wait for it",
+                f"warning: {schedule}: entry 3 (change_warmup_iters), fired at iter 100 (the latest it can), moves "
+                "the end of the lr decay to iter 240, after max_iters 120: the run would end at lr 3.07e-04, above "
+                "min_lr 5.00e-05",
+                f"warning: {schedule}: entry 5 (reset_lr_schedule), fired at iter 100 (the latest it can), moves "
+                "the end of the lr decay to iter 340, after max_iters 120: the run would end at lr 5.00e-04, above "
+                "min_lr 5.00e-05",
+                f"warning: {schedule}: entry 7 (set_lr) never runs: it can fire at iter 1080 at the earliest (1000 "
+                "iters after the previous op at iter 80), after max_iters 120"]
     result = train_py(*RUN_ARGS, f'--data_dir={data_dir}', f'--out_dir={tmp_path / "out"}',
                       f'--scaling_schedule_file={schedule}', '--dry_run=True')
     assert [line.strip() for line in result.stdout.splitlines() if 'warning' in line] == warnings

@@ -12,6 +12,7 @@ The orchestrator follows a schedule file: at every eval, while the next entry's 
 entry's operation: a hyperparameter change, or a growth of the model. See README_ORCHESTRATOR.md.
 """
 
+import datetime
 import difflib
 import json
 import math
@@ -601,6 +602,38 @@ OPERATIONS.update({
 })
 
 
+def describe_non_json(value):
+    """What YAML made of a value that JSON has no type for (an unquoted date, a timestamp, !!binary, !!set)."""
+    if isinstance(value, datetime.datetime):
+        return f"a timestamp ({value})"
+    if isinstance(value, datetime.date):
+        return f"a date ({value})"
+    if isinstance(value, bytes):
+        return f"binary data ({len(value)} bytes)"
+    if isinstance(value, (set, frozenset)):
+        return f"a set ({len(value)} items)"
+    return f"a {type(value).__name__} ({value!r})"
+
+
+def non_json_part(value):
+    """The first part of a schedule value that JSON cannot hold, as 'where: what', or None. Walked with a
+    stack, not recursion: a value nested as deep as the parser allows does not overflow here."""
+    json_scalars = (str, int, float, bool, type(None))
+    stack = [('', value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, json_scalars):
+                    return f"{where}a mapping key that is {describe_non_json(key)}"
+            stack.extend((f"{where}{key}: ", item[key]) for key in reversed(list(item)))
+        elif isinstance(item, list):
+            stack.extend((f"{where}item {i}: ", item[i]) for i in reversed(range(len(item))))
+        elif not isinstance(item, json_scalars):
+            return f"{where}{describe_non_json(item)}"
+    return None
+
+
 def check_entry_shape(path, index, entry):
     """The fields every entry has, whatever its operation."""
     if not isinstance(entry, dict):
@@ -619,6 +652,10 @@ def check_entry_shape(path, index, entry):
         close = difflib.get_close_matches(str(name), list(OPERATIONS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ''
         raise ScheduleError(path, index, 'name', f"unknown operation {name!r}{hint}")
+    non_json = non_json_part(entry['value'])
+    if non_json is not None:  # the plan, the event log and the checkpoint write values as JSON
+        raise ScheduleError(path, index, 'value', f"{name}: {non_json}, which a schedule cannot hold (it takes "
+                            "numbers, text, true/false, null, lists and mappings)")
     trigger = entry['trigger_loss']
     if not is_finite(trigger):
         raise ScheduleError(path, index, 'trigger_loss', f"expected a finite number, got {describe(trigger)}")
@@ -733,44 +770,123 @@ def lr_decay_end():
     return orch.lr_schedule_offset + effective_lr_decay_iters()
 
 
+# when entries fire, walked as run_orchestrator runs them: at evals, which come every eval_interval iters
+# after the previous op; an entry fires at its timeout at the latest (a growth op not before the MSG mask
+# ramp has reached 1: advance_ramp folds it at start_iter + anneal_iters), at once by its loss trigger at
+# the earliest (a val loss is positive: trigger_loss <= 0 never fires), after trigger_slope_evals evals by
+# its slope trigger
+
+def eval_at_or_after(iter_num, last_op_iter):
+    """The first eval at or after iter_num, the previous op at last_op_iter."""
+    interval = effective_eval_interval()
+    return last_op_iter + -(-(iter_num - last_op_iter) // interval) * interval
+
+
+def last_eval_before_end(last_op_iter):
+    """The last eval before max_iters, the previous op at last_op_iter: an op there still changes training."""
+    interval = effective_eval_interval()
+    return last_op_iter + (max_iters - 1 - last_op_iter) // interval * interval
+
+
+def held_until(entry, due, ramp_end):
+    """due, or the end of the mask ramp for a growth op while one rises."""
+    return max(due, ramp_end) if OPERATIONS[entry['name']].grows and ramp_end is not None else due
+
+
+def timeout_eval(entry, last_op_iter, ramp_end):
+    """The eval at which the entry fires at the latest: its timeout."""
+    return eval_at_or_after(held_until(entry, last_op_iter + entry['max_wait_iters'], ramp_end), last_op_iter)
+
+
+def earliest_eval(entry, last_op_iter, ramp_end):
+    """The first eval at which the entry can fire."""
+    due = last_op_iter + entry['max_wait_iters']
+    if entry['trigger_loss'] > 0:
+        due = last_op_iter
+    elif 'trigger_slope' in entry:
+        due = min(due, last_op_iter + trigger_slope_evals * effective_eval_interval())
+    return eval_at_or_after(held_until(entry, due, ramp_end), last_op_iter)
+
+
+def ramp_end_iter():
+    ramp = orch.active_ramp
+    return ramp['start_iter'] + ramp['anneal_iters'] if ramp is not None else None
+
+
+def why_then(entry, last_op_iter, ramp_end, slope=False):
+    """Why an entry fires where it does at the earliest (slope=True) or the latest, for the warnings."""
+    wait, why = entry['max_wait_iters'], f"{entry['max_wait_iters']} iters after the previous op at iter {last_op_iter}"
+    slope_wait = trigger_slope_evals * effective_eval_interval()
+    if slope and 'trigger_slope' in entry and slope_wait < wait:
+        wait, why = slope_wait, f"the slope trigger's first eval, {slope_wait} iters after the previous op at iter {last_op_iter}"
+    if held_until(entry, last_op_iter + wait, ramp_end) > last_op_iter + wait:
+        why += f", then the {orch.active_ramp['name']} mask ramp until iter {ramp_end}"
+    return why
+
+
+def simulate_entry(path, index, entry):
+    """Check the entry's value against the simulated model and apply it; returns the effective settings after it."""
+    operation = OPERATIONS[entry['name']]
+    try:
+        operation.check(entry['value'], model.config)
+        operation.apply(entry['value'])
+        if operation.ramp:
+            model.fold_ramp()
+        settings = effective_settings()
+        check_rounds_positive('the batch size', settings['batch_size'])
+        check_rounds_positive('the gradient accumulation steps', round(grad_accum_total()))
+        check_rounds_positive('eval_iters', settings['eval_iters'])
+        check_rounds_positive('eval_interval', settings['eval_interval'])
+        check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
+    except BadValue as e:
+        raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
+    except OverflowError:  # 10**400 layers, a batch factor of 1e300: sizes no float holds
+        raise ScheduleError(path, index, 'value', f"{entry['name']}: {describe(entry['value'])} is too "
+                            "large: the sizes it leads to overflow") from None
+    return settings
+
+
 def validate_schedule(path, entries, first_index, model_config):
-    """Walk the schedule on a simulated model: every value is checked against the model and the
-    settings it will meet. Returns the plan: one row of effective settings per entry, with a warning
-    where the entry, fired as late as it can, moves the end of the lr decay past max_iters (a late
-    reset_lr_schedule or change_warmup_iters: the run would end before the lr anneals)."""
-    plan = []
+    """Walk the schedule on a simulated model as the loop would run it: every value is checked against the
+    model and the settings it will meet. Returns the plan: one row of effective settings per entry, with
+    latest_iter, the eval it fires at by its timeout when every entry before it fires at theirs (None when
+    that is after max_iters for it or an entry before it), and a warning where the entry may not run before
+    max_iters, or where the ops leave the end of the lr decay after max_iters (see decay_warnings)."""
+    plan, timings = [], []
     with simulation(model_config):
         check_fits_in_memory('config')
+        # three walks at once, each as [iter of the previous op, end of the mask ramp]: every entry at its
+        # timeout (latest), every entry as early as it can fire (early), and in orch every entry as late as
+        # it can fire and still change training (the iters of the lr warnings)
+        latest, early = [orch.iter_of_last_op, ramp_end_iter()], [orch.iter_of_last_op, ramp_end_iter()]
+        certain, never = True, False  # every entry so far fires by max_iters; an entry so far never runs
         for offset, entry in enumerate(entries):
-            index = first_index + offset
-            operation = OPERATIONS[entry['name']]
-            # the latest iter the entry can fire at: its timeout (every entry before at theirs), or the last eval
-            interval = effective_eval_interval()
-            orch.iter_of_last_op = min(max_iters, orch.iter_of_last_op + -(-entry['max_wait_iters'] // interval) * interval)
-            decay_end = lr_decay_end()
-            try:
-                operation.check(entry['value'], model.config)
-                operation.apply(entry['value'])
-                if operation.ramp:
-                    model.fold_ramp()
-                settings = effective_settings()
-                check_rounds_positive('the batch size', settings['batch_size'])
-                check_rounds_positive('the gradient accumulation steps', round(grad_accum_total()))
-                check_rounds_positive('eval_iters', settings['eval_iters'])
-                check_rounds_positive('eval_interval', settings['eval_interval'])
-                check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
-            except BadValue as e:
-                raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
-            except OverflowError:  # 10**400 layers, a batch factor of 1e300: sizes no float holds
-                raise ScheduleError(path, index, 'value', f"{entry['name']}: {describe(entry['value'])} is too "
-                                    "large: the sizes it leads to overflow") from None
-            warning = None
-            if decay_lr and lr_decay_end() != decay_end and lr_decay_end() > max_iters:
-                warning = (f"{path}: entry {index} ({entry['name']}), fired at iter {orch.iter_of_last_op} (the latest "
-                           f"it can), moves the end of the lr decay to iter {lr_decay_end()}, after max_iters "
-                           f"{max_iters}: the run would end before the lr reaches min_lr")
+            index, operation = first_index + offset, OPERATIONS[entry['name']]
+            timeout, first = timeout_eval(entry, *latest), earliest_eval(entry, *early)
+            warned = first > max_iters and not never or timeout > max_iters and certain
+            warning = reach_warning(f"{path}: entry {index} ({entry['name']})", entry, len(entries) - offset - 1,
+                                    timeout, latest, first, early) if warned else None
+            never, certain = never or first > max_iters, certain and timeout <= max_iters
+            last_op_iter = orch.iter_of_last_op
+            fired = timeout_eval(entry, last_op_iter, ramp_end_iter())
+            fired = fired if fired < max_iters else max(last_op_iter, last_eval_before_end(last_op_iter))
+            with_previous = offset > 0 and fired == last_op_iter and first == early[0]
+            orch.iter_of_last_op, decay_end = fired, lr_decay_end()
+            settings = simulate_entry(path, index, entry)
+            latest[0], early[0] = timeout, first
+            if operation.grows:
+                orch.iter_of_last_growth = fired
+            if operation.ramp:
+                anneal = entry['value']['anneal_iters']
+                orch.active_ramp = dict(name=entry['name'], start_iter=fired, anneal_iters=anneal)
+                latest[1], early[1] = timeout + anneal, first + anneal
+            timings.append(dict(fired=fired, runs=first < max_iters, decay_end_before=decay_end,
+                                decay_end=lr_decay_end(), end_lr=get_lr(max_iters), min_lr=peak_and_min_lr()[1],
+                                with_previous=with_previous))
             plan.append(dict(index=index, name=entry['name'], value=entry['value'], fires=describe_triggers(entry),
-                             warning=warning, **settings))
+                             latest_iter=timeout if certain else None, warning=warning, **settings))
+    for row, warning in decay_warnings(path, plan, timings):
+        row['warning'] = '; '.join(w for w in (row['warning'], warning) if w)
     return plan
 
 
@@ -782,6 +898,44 @@ def describe_optimizer():
     return f"optimizer: {parts[optimizer]}; its state {after_growth[growth_optimizer_state]}"
 
 
+def reach_warning(where, entry, n_after, timeout, latest, first, early):
+    """An entry that never runs before max_iters (first, its earliest eval, is after it), or runs only if a
+    trigger fires before its timeout."""
+    rest = f"; the {n_after} entr{'y' if n_after == 1 else 'ies'} after it wait{'s' if n_after == 1 else ''} for it" \
+        if n_after else ''
+    if first > max_iters:
+        return (f"{where} never runs: it can fire at iter {first} at the earliest ({why_then(entry, *early, slope=True)}), "
+                f"after max_iters {max_iters}{rest}")
+    triggers = [f"val loss < {entry['trigger_loss']:g}"] if entry['trigger_loss'] > 0 else []
+    if 'trigger_slope' in entry:
+        triggers.append(f"its loss slope > {entry['trigger_slope']:g}")
+    if timeout_eval(entry, *early) <= max_iters:
+        triggers.append("an entry before it fires early")
+    return (f"{where} runs before max_iters {max_iters} only if {' or '.join(triggers)}: its timeout falls at iter "
+            f"{timeout} ({why_then(entry, *latest)}){rest}")
+
+
+def decay_warnings(path, plan, timings):
+    """(row, warning) where the ops of one eval, fired as late as they can, leave the end of the lr decay after
+    max_iters: the run would end above min_lr. The entries of one eval are those that fire with the one before
+    them for sure (max_wait_iters 0): a later one may undo what an earlier one did."""
+    if not decay_lr:
+        return []
+    warnings, start = [], 0
+    for k, timing in enumerate(timings):
+        if k + 1 < len(timings) and timings[k + 1]['with_previous']:
+            continue
+        group, start = list(range(start, k + 1)), k + 1
+        moved = [j for j in group if timings[j]['decay_end'] != timings[j]['decay_end_before']]
+        if timing['runs'] and timing['decay_end'] > max_iters and timing['decay_end'] != timings[group[0]]['decay_end_before']:
+            culprit = plan[moved[-1]]
+            warnings.append((culprit, f"{path}: entry {culprit['index']} ({culprit['name']}), fired at iter "
+                                      f"{timings[moved[-1]]['fired']} (the latest it can), moves the end of the lr decay to iter "
+                                      f"{timing['decay_end']}, after max_iters {max_iters}: the run would end at lr "
+                                      f"{timing['end_lr']:.2e}, above min_lr {timing['min_lr']:.2e}"))
+    return warnings
+
+
 def print_plan(plan):
     print(describe_optimizer())
     print(f"plan: {len(plan)} operations")
@@ -791,6 +945,8 @@ def print_plan(plan):
               + ''.join(f"{k} {row[k]}, " for k in ARCH_KEYS) +
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
               f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
+        if row['latest_iter'] is not None:
+            print(f"      fires at iter {row['latest_iter']} at the latest")
         if row['warning']:
             print(f"      warning: {row['warning']}")
 
@@ -964,15 +1120,33 @@ def data_path():
     return data_dir or os.path.join('data', dataset)
 
 
+def prepare_command(folder):
+    """The command that makes the data in folder: the dataset's own prepare.py, or data/text/prepare.py on
+    the user's text, GPT-2 BPE for GPT-2 weights, characters for a model from scratch."""
+    if os.path.isfile(f"data/{dataset}/prepare.py"):
+        return f"python data/{dataset}/prepare.py" + (f" --out_dir {folder}" if data_dir else '')
+    tokenizer = 'char' if init_from in ('scratch', 'resume') else 'gpt2'
+    return f"python data/text/prepare.py --input YOUR_TEXT --out_dir {folder} --tokenizer {tokenizer}"
+
+
+def similar_dataset():
+    """A hint for a misspelt dataset (no folder data/<dataset> at all): the prepared folder under data/ (one
+    with a train.bin) closest to its name."""
+    if data_dir or not os.path.isdir('data') or os.path.isdir(os.path.join('data', dataset)):
+        return ''
+    prepared = [name for name in sorted(os.listdir('data')) if os.path.isfile(os.path.join('data', name, 'train.bin'))]
+    close = difflib.get_close_matches(dataset, prepared, n=1)
+    return f" (did you mean --dataset={close[0]}?)" if close else ''
+
+
 def check_data():
     """train.bin, val.bin and meta.pkl exist and the tokens fit the vocabulary. Returns meta."""
     folder = data_path()
-    prepare = f"python data/{dataset}/prepare.py" + (f" --out_dir {folder}" if data_dir else '') \
-        if os.path.isfile(f"data/{dataset}/prepare.py") \
-        else "python data/text/prepare.py --input YOUR_TEXT --out_dir " + folder
+    prepare = prepare_command(folder)
     for name in ('train.bin', 'val.bin', 'meta.pkl'):
         if not os.path.isfile(os.path.join(folder, name)):
-            raise UserError(f"data: {os.path.join(folder, name)} not found; make it with: {prepare}")
+            hint = similar_dataset() if name == 'train.bin' else ''
+            raise UserError(f"data: {os.path.join(folder, name)} not found{hint}; make it with: {prepare}")
     try:
         with open(os.path.join(folder, 'meta.pkl'), 'rb') as f:
             meta = pickle.load(f)

@@ -8,4 +8,7 @@ out_dir = 'out-shakespeare-char-cpu-lora'
 attn_lora_rank = 8
 embedding_lora_rank = 4
 lora_alpha = 16.0
+# the schedule restarts the lr schedule at iter 500 (warmup 100, decay over lr_decay_iters 2000 from there)
+# and removes LoRA by iter 2000 at the latest: 2500 iters let the decay finish, the full weights train last
+max_iters = 2500
 scaling_schedule_file = 'configs/lora_curriculum_example.yaml'

@@ -462,7 +462,7 @@ def make_data(folder, train_tokens=200, val_tokens=100, vocab_size=65, train_max
     return str(folder)
 
 
-GENERIC = "python data/text/prepare.py --input YOUR_TEXT --out_dir {d}"
+GENERIC = "python data/text/prepare.py --input YOUR_TEXT --out_dir {d} --tokenizer char"
 DATA_CASES = [
     # (id, make_data arguments, file to remove, dataset, expected; {d} is the folder)
     ('missing_train_bin', {}, 'train.bin', 'mydata', "data: {d}/train.bin not found; make it with: " + GENERIC),

@@ -2,7 +2,7 @@
 Property-based fuzzing (issue 15) with hypothesis, in-process, on tiny CPU models:
 - schedules: random YAML / JSON documents, valid and not (wrong types, missing and unknown keys,
   huge and tiny numbers, NaN / inf, unicode, deep nesting, raw bytes, every op name with random
-  values), through the command line's own path (train.run_from_command_line with --dry_run=True):
+  values, YAML's dates, timestamps, !!binary and !!set), through the command line's own path (train.run_from_command_line with --dry_run=True):
   the plan is printed, or the run stops with exit 2 and one line naming the file (and the entry and
   field where there is one); never a traceback, never an out_dir;
 - op sequences: random valid schedules of growth and hyperparameter ops applied for real, between
@@ -22,6 +22,7 @@ in docs/testing.md).
 """
 
 import contextlib
+import datetime
 import io
 import json
 import os
@@ -107,8 +108,14 @@ NUMBERS = st.one_of(
     st.sampled_from([0, 1, 2, -1, 0.0, 1.0, 1.5, 2.0, 5e-324, 1e-300, 1e300, 1.7e308, 2**63, 2**64, 10**30,
                      10**400, -10**400]))
 TEXT = st.text(max_size=12) | st.sampled_from(['', 'copy', 'random', 'NaN', 'inf', 'null', '0.5', 'ƒäctor', '\x00'])
-LEAVES = st.none() | st.booleans() | NUMBERS | TEXT
-JSONISH = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+# YAML's native types that JSON has none for: yaml.safe_dump writes them as an unquoted date or timestamp,
+# !!binary and !!set, which yaml.safe_load reads back as date, datetime, bytes and set
+YAML_NATIVE = st.one_of(
+    st.dates(), st.datetimes(timezones=st.sampled_from([None, datetime.timezone.utc])), st.binary(max_size=8),
+    st.sets(st.integers(min_value=-3, max_value=3) | st.text(max_size=3), max_size=3))
+LEAVES = st.none() | st.booleans() | NUMBERS | TEXT | YAML_NATIVE
+KEYS_ANY = TEXT | st.dates()  # a date as a mapping key, too
+JSONISH = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS_ANY, inner, max_size=4),
                        max_leaves=10)
 VALUE_KEYS = ['factor', 'anneal_iters', 'noise', 'layers', 'init', 'n_new_heads']
 
@@ -174,7 +181,7 @@ def schedule_files(draw):
     elif kind == 'any':
         document = draw(JSONISH)
     elif kind == 'deep':  # written as text: deeper than the yaml and json writers go
-        depth, leaf = draw(st.integers(min_value=1, max_value=20000)), json.dumps(draw(tidy_entries()))
+        depth, leaf = draw(st.integers(min_value=1, max_value=20000)), json.dumps(draw(tidy_entries()), default=str)
         text = '- ' * depth + leaf if draw(st.booleans()) else '[' * depth + leaf + ']' * depth
         return ext, text.encode()
     elif kind == 'text':
@@ -184,7 +191,7 @@ def schedule_files(draw):
     if ext == '.json' or draw(st.booleans()) and not ext.endswith(('.yaml', '.yml')):
         try:
             text = json.dumps(document, allow_nan=True, ensure_ascii=draw(st.booleans()))
-        except TypeError:  # keys json cannot write: write YAML into the .json file
+        except TypeError:  # keys or values json cannot write (a date, bytes, a set): YAML into the .json file
             text = yaml.safe_dump(document, allow_unicode=True)
     else:
         text = yaml.safe_dump(document, allow_unicode=draw(st.booleans()),
@@ -514,6 +521,16 @@ FOUND = [
      "entry 0, field 'value': widen_mlp: 1e+307 (float) is too large: the sizes it leads to overflow"),
     ('batch_size_overflows', '.json', json.dumps(one_entry(name='change_batch_size', value=1e308)).encode(),
      "entry 0, field 'value': change_batch_size: 1e+308 (float) is too large: the sizes it leads to overflow"),
+    # issue 21: YAML's own types reached json.dumps (TypeError: keys must be str, ..., not datetime.date / Object
+    # of type bytes is not JSON serializable)
+    ('yaml_date_key', '.yaml', b'- {name: change_attn_lora_rank, value: {2000-01-01: null}, trigger_loss: 0.0, '
+     b'max_wait_iters: 0, reevaluate: false}\n',
+     "entry 0, field 'value': change_attn_lora_rank: a mapping key that is a date (2000-01-01), which a schedule "
+     "cannot hold (it takes numbers, text, true/false, null, lists and mappings)"),
+    ('yaml_binary', '.yaml', b'- {name: change_attn_lora_rank, value: !!binary "", trigger_loss: 0.0, '
+     b'max_wait_iters: 0, reevaluate: false}\n',
+     "entry 0, field 'value': change_attn_lora_rank: binary data (0 bytes), which a schedule cannot hold (it takes "
+     "numbers, text, true/false, null, lists and mappings)"),
 ]
 
 
