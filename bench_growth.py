@@ -214,7 +214,7 @@ def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
             identity['parent'] = json.load(f)
     if reuse and os.path.isfile(stamp) and comparable(json.load(open(stamp))) == comparable(identity) \
             and open(log).read().endswith('RUN FINISHED\n'):
-        return read_events(out_dir)
+        return read_run(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     for name in ('events.jsonl', 'ckpt.pt', 'identity.json'):
         if os.path.isfile(os.path.join(out_dir, name)):
@@ -231,7 +231,7 @@ def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
         f.write('RUN FINISHED\n')
     with open(stamp, 'w') as f:
         json.dump(identity, f, indent=1)
-    return read_events(out_dir)
+    return read_run(out_dir)
 
 
 def run_all(runs, args):
@@ -253,30 +253,43 @@ def run_all(runs, args):
     return results
 
 
+def read_run(out_dir):
+    """A finished run's (evals, ops, final eval): the final_eval event at its last eval's iter, or None
+    (a run without final_eval_iters; a stable segment's own final eval is not its branch's)."""
+    evals, ops = read_events(out_dir)
+    with open(os.path.join(out_dir, 'events.jsonl')) as f:
+        finals = [e for e in map(json.loads, f) if e['event'] == 'final_eval' and e['iter'] == evals[-1]['iter']]
+    return evals, ops, finals[-1] if finals else None
+
+
 def final_val(result):
-    evals, _ = result
-    return evals[-1]['val_loss']
+    """The figure a report uses: the final eval's val, or the last periodic eval's without one."""
+    evals, _, final = result
+    return final['val_loss'] if final else evals[-1]['val_loss']
 
 
 def final_flops(result):
-    evals, _ = result
-    return evals[-1]['flops']
+    return result[0][-1]['flops']
 
 
 def compute_equivalent(points, target):
-    """Static FLOPs that reach `target`: linear in log FLOPs between the two points around it,
-    (flops, extrapolated?). points: (flops, final val), val falling with flops; a point given twice (a
-    growth budget that is a ladder budget's run) counts once."""
+    """Static FLOPs that reach `target`, linear in log FLOPs between the two points around it, and a
+    bound: '' inside the measured range; outside it no line is extended: '>' (target below every point:
+    more than the lowest point's FLOPs) or '<' (above every point: less than the smallest budget's).
+    points: (flops, final val); a point given twice (a growth budget that is a ladder budget's run)
+    counts once."""
     points = sorted(set(points))
-    if len(points) < 2:
-        return math.nan, True
+    if not points:
+        return math.nan, ''
     for (f0, v0), (f1, v1) in zip(points, points[1:]):
         if min(v0, v1) <= target <= max(v0, v1) and v0 != v1:
-            return math.exp(math.log(f0) + (target - v0) / (v1 - v0) * (math.log(f1) - math.log(f0))), False
-    (f0, v0), (f1, v1) = points[-2:] if target < points[-1][1] else points[:2]
-    if v0 == v1:
-        return math.nan, True
-    return math.exp(math.log(f0) + (target - v0) / (v1 - v0) * (math.log(f1) - math.log(f0))), True
+            return math.exp(math.log(f0) + (target - v0) / (v1 - v0) * (math.log(f1) - math.log(f0))), ''
+    lowest = min(points, key=lambda p: p[1])
+    if target < lowest[1]:
+        return lowest[0], '>'
+    if target == lowest[1]:
+        return lowest[0], ''
+    return points[0][0], '<'
 
 
 def lower_hull(points):

@@ -32,14 +32,22 @@ def evals_of(folder):
 
 def test_compute_equivalent_interpolates_in_log_flops():
     points = [(1e12, 2.0), (2e12, 1.8), (4e12, 1.7)]
-    assert compute_equivalent(points, 1.8) == (pytest.approx(2e12), False)
-    flops, extrapolated = compute_equivalent(points, 1.75)  # half way between 2e12 and 4e12 in log
-    assert flops == pytest.approx(math.sqrt(2e12 * 4e12)) and not extrapolated
-    flops, extrapolated = compute_equivalent(points, 1.6)  # beyond the best: the last segment, extended
-    assert flops == pytest.approx(8e12) and extrapolated
-    flops, extrapolated = compute_equivalent(points, 2.2)  # worse than the smallest budget
-    assert flops == pytest.approx(0.5e12) and extrapolated
-    assert math.isnan(compute_equivalent([(1e12, 2.0)], 1.9)[0])
+    assert compute_equivalent(points, 1.8) == (pytest.approx(2e12), '')
+    flops, bound = compute_equivalent(points, 1.75)  # half way between 2e12 and 4e12 in log
+    assert flops == pytest.approx(math.sqrt(2e12 * 4e12)) and bound == ''
+    # beyond the measured range no line is extended: the FLOPs of the run it passes are a bound
+    assert compute_equivalent(points, 1.6) == (4e12, '>')  # below every point: more than the lowest one's
+    assert compute_equivalent(points, 2.2) == (1e12, '<')  # above every point: less than the smallest budget
+    assert math.isnan(compute_equivalent([], 1.9)[0])
+
+
+def test_no_speedup_is_extrapolated_from_two_close_points():
+    """issue 23: two points at 1.0 and 1.0001 x F_ref (losses 1.6227, 1.6228) turned a growth run 0.037
+    below every static run into a speedup of 0.96 by extending the line through them."""
+    f_ref = 2.054e13
+    points = [(0.5 * f_ref, 1.6609), (1.0 * f_ref, 1.6227), (1.0001 * f_ref, 1.6228)]
+    flops, bound = compute_equivalent(points, 1.6227 - 0.037)
+    assert (flops / f_ref, bound) == (1.0, '>')  # a speedup above 1.00 at 1.0 x F_ref: more is not measured
 
 
 def test_lower_hull_is_the_falling_convex_envelope():
@@ -48,19 +56,19 @@ def test_lower_hull_is_the_falling_convex_envelope():
     hull = lower_hull(small + large)
     # (2e12, 1.9) lies above the line from (1e12, 2.0) to (4e12, 1.6) (1.8 there), so it is not on the hull
     assert hull == [(pytest.approx(1e12), 2.0), (pytest.approx(4e12), 1.6)]
-    assert compute_equivalent(hull, 1.8) == (pytest.approx(2e12), False)
+    assert compute_equivalent(hull, 1.8) == (pytest.approx(2e12), '')
     # collinear points and a single lowest point
     assert lower_hull([(1.0, 3.0), (math.e, 2.0), (math.e ** 2, 1.0)]) == [
         (pytest.approx(1.0), 3.0), (pytest.approx(math.e ** 2), 1.0)]
     assert lower_hull([(1e12, 1.5), (2e12, 1.7)]) == [(pytest.approx(1e12), 1.5)]
 
 
-def test_a_point_given_twice_still_extrapolates():
-    """The 1.0 x F_ref recipe's budget is the ladder's 1.0 run: its same-size points held that run twice,
-    and the extrapolation below them divided by zero (speedup vs same size nan)."""
+def test_a_point_given_twice_counts_once():
+    """The 1.0 x F_ref recipe's budget is the ladder's 1.0 run: its same-size points held that run twice
+    (the line through them divided by zero: speedup vs same size nan)."""
     points = [(1.0, 3.0), (math.e, 2.0)]
-    assert compute_equivalent(points + [(math.e, 2.0)], 1.5) == compute_equivalent(points, 1.5)
-    assert compute_equivalent(points + [(math.e, 2.0)], 1.5) == (pytest.approx(math.e ** 1.5), True)
+    assert compute_equivalent(points + [(math.e, 2.0)], 2.5) == compute_equivalent(points, 2.5)
+    assert compute_equivalent(points + [(math.e, 2.0)], 2.5) == (pytest.approx(math.e ** 0.5), '')
 
 
 def test_budgets_of_the_same_iters_share_one_branch():
