@@ -3,6 +3,7 @@ against a separate run of its budget (bit for bit), the benchmark end to end on 
 two static sizes, the lr sweep, a bad sizes table, and plot_run.py on its runs."""
 
 import argparse
+import json
 import math
 import os
 import re
@@ -299,3 +300,79 @@ def test_the_shipped_gutenberg_sizes_surround_the_growth_recipes_final_model():
     layers = [s['arch']['n_layer'] for s in sizes]
     assert min(layers) < 4 < max(layers) and final in [s['arch'] for s in sizes]
     assert all(s['min_lr'] == pytest.approx(s['lr'] / 10) for s in sizes)
+
+
+def synthetic_results(path, growth_vals, seeds=(1, 2, 3)):
+    """A results.jsonl by hand, F_ref 1e12: size B on the line val = 1.9 - 0.1 log2(budget) at its table lr
+    (0.002), 0.05 above it at twice that; size A (the growth run's final size) above B; at the growth
+    budget 0.7 both above B's line (B 2.0, A 2.1). Each seed the same statics, its own growth val."""
+    def static(size, seed, budget, lr, val, extra=None, matched=False):
+        return dict(arm='static', size=size, seed=seed, budget=budget, lr=lr, table_lr=0.002, schedule='wsd',
+                    at_growth_budget=matched, flops=budget * 1e12, val=val, extra_val=extra, eval_batches=500,
+                    f_ref=1e12)
+    records = []
+    for seed, val in zip(seeds, growth_vals):
+        records.append(dict(arm='growth', recipe='grow', config='c.py', overrides='', size='A', seed=seed,
+                            budget=0.7, lr=0.002, flops=0.7e12, val=val, extra_val=2.4 + 0.1 * (seed % 3),
+                            eval_batches=500, f_ref=1e12))
+        for budget in (0.5, 1.0, 2.0):
+            records.append(static('B', seed, budget, 0.002, 1.9 - 0.1 * math.log2(budget)))
+            records.append(static('B', seed, budget, 0.004, 1.95 - 0.1 * math.log2(budget)))
+            records.append(static('A', seed, budget, 0.002, {0.5: 2.2, 1.0: 2.0, 2.0: 1.85}[budget]))
+        records.append(static('B', seed, 0.7, 0.002, 2.0, extra=2.55, matched=True))
+        records.append(static('A', seed, 0.7, 0.002, 2.1, extra=2.45, matched=True))
+    path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    return path
+
+
+def growth_val_at(speedup):
+    """The growth val (budget 0.7) whose envelope speedup is `speedup` on B's line."""
+    return 1.9 - 0.1 * math.log2(0.7 * speedup)
+
+
+@pytest.mark.slow
+def test_the_report_from_raw_results(tmp_path):
+    """Per-seed speedups 1.2, 1.5, 0.9 on the hull; the seed at 0.9 beats the best static run at its budget
+    (B, 2.0: the hull passes below it), which the old envelope_wins counted as a win. The bootstrap's
+    median of three seeds is one of them: 0.9 with probability 7/27 (two or three draws of it), 1.5 too,
+    so the 5th and 95th percentiles are 0.9 and 1.5."""
+    results = synthetic_results(tmp_path / 'bench.results.jsonl', [growth_val_at(s) for s in (1.2, 1.5, 0.9)])
+    stdout = run(['bench_growth.py', f'--report_from={results}'])
+    same = [2 ** ((2.0 - growth_val_at(s)) / 0.15) / 0.7 for s in (1.2, 1.5, 0.9)]  # A between 1.0 and 2.0
+    assert stdout.strip().splitlines()[-1] == (
+        f"speedup_envelope_median=1.200 speedup_same_size_median={sorted(same)[1]:.3f} budget_ratio_median=0.700 "
+        f"growth_val_median={growth_val_at(1.2):.4f} envelope_wins=2/3 same_size_wins=3/3 "
+        f"speedup_envelope_pooled=1.200 ci90=0.900..1.500 seeds=1,2,3 other_text_wins=1/3")
+    table = (tmp_path / 'bench.md').read_text()
+    rows = {line.split('|')[1].strip(): [c.strip() for c in line.strip('|').split('|')]
+            for line in table.splitlines() if re.match(r'\| (\d|pooled) \| 0\.700 \|', line)}
+    assert [rows[seed][5] for seed in ('1', '2', '3', 'pooled')] == ['1.20', '1.50', '0.90', '1.20']
+    assert rows['3'][2:5] == [f"{growth_val_at(0.9):.4f}", '2.1000', '2.0000 (B, 0.002)']
+    assert rows['1'][7:] == ['2.5000', '2.4500 (A)'] and rows['pooled'][7:] == ['2.5000', '2.4500 (A)']
+    assert "| 0.500 | B (0.002) | **2.0000** |\n| 0.700 (growth) | B (0.002) | 2.0000 |" in table
+    assert "| 1 | B | **2.0000 (0.002)** | **1.9000 (0.002)** | **1.8000 (0.002)** | **2.0000 (0.002)** |" in table
+    assert (tmp_path / 'bench.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.slow
+def test_a_growth_run_below_every_static_run_gets_a_bound(tmp_path):
+    """No line is extended past the lowest static run: the speedup is '>' its FLOPs over the growth budget."""
+    results = synthetic_results(tmp_path / 'b.results.jsonl', [1.7, growth_val_at(1.5), 1.75])
+    last = run(['bench_growth.py', f'--report_from={results}', f'--report={tmp_path / "r"}']).strip().splitlines()[-1]
+    assert last.startswith(f"speedup_envelope_median=>{2 / 0.7:.3f} ")
+    assert " envelope_wins=3/3 " in last and f" speedup_envelope_pooled=>{2 / 0.7:.3f} " in last
+    assert "2 of 3 seeds' speedups vs the envelope are bounds" in (tmp_path / 'r.md').read_text()
+
+
+def test_the_envelope_is_the_best_size_at_each_budget():
+    """issue 21: sizes whose FLOPs at one budget differ by a rounded iter put a worse size's point just left
+    of the best one's, and the hull through every point rose to it: a vertical segment in the picture."""
+    def run_at(size, flops, val):
+        return dict(arm='static', size=size, seed=1, budget=0.25 if flops < 0.3e12 else 1.0, lr=0.004,
+                    flops=flops, val=val)
+    statics = [run_at('8x64', 0.2499e12, 2.07), run_at('2x64', 0.25e12, 1.75), run_at('2x64', 1e12, 1.62),
+               run_at('8x64', 1.0001e12, 1.64)]
+    assert lower_hull([(r['flops'], r['val']) for r in statics])[0] == (pytest.approx(0.2499e12), 2.07)
+    at_budget, hull = bench_growth.envelope(bench_growth.best_static(statics))
+    assert {k: r['size'] for k, r in at_budget.items()} == {0.25: '2x64', 1.0: '2x64'}
+    assert hull == [(pytest.approx(0.25e12), 1.75), (pytest.approx(1e12), 1.62)]
