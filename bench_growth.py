@@ -418,7 +418,7 @@ def run_benchmark(args):
         [f'--seed={seed}', *overrides, *scoring, f'--scaling_schedule_file={schedule}'], None) for seed in seeds}, args)
     growth = [dict(arm='growth', recipe=growth_name, config=args.config, overrides=' '.join(overrides), size=same,
                    seed=seed, **run_figures(growth_runs[f"growth-{growth_name}-seed{seed}"], f_ref),
-                   lr=setting['learning_rate']) for seed in seeds]
+                   lr=setting['learning_rate']) for seed in seeds if growth_runs]
     for rung in range(args.add_rungs + 1):
         statics = []
         for seed in seeds:

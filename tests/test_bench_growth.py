@@ -31,6 +31,14 @@ def evals_of(folder):
     return [e for e in read_events(folder) if e['event'] == 'eval']
 
 
+def final_eval_of(folder):
+    """The run's own final eval (a cooldown branch also holds its stable segment's, at an earlier iter)."""
+    events = read_events(folder)
+    finals = [e for e in events if e['event'] == 'final_eval']
+    assert finals[-1]['iter'] == evals_of(folder)[-1]['iter']
+    return finals[-1]
+
+
 def test_compute_equivalent_interpolates_in_log_flops():
     points = [(1e12, 2.0), (2e12, 1.8), (4e12, 1.7)]
     assert compute_equivalent(points, 1.8) == (pytest.approx(2e12), '')
@@ -151,7 +159,7 @@ def tiny_bench(tmp_path, sizes_rows, extra=()):
     sets = [arg for kv in TINY_SETTING for arg in ('--set', kv.format(data=data))]
     return ['bench_growth.py', '--config=config/train_shakespeare_char_cpu_growth.py', f'--schedule={schedule}',
             f'--sizes={sizes}', '--seeds=1', '--ladder=0.5,1.5', '--ref_iters=40', f'--out_dir={out}',
-            f'--report={report}', *sets, *extra], out, report
+            f'--report={report}', '--lr_factors=1', '--final_eval_iters=3', '--add_rungs=0', *sets, *extra], out, report
 
 
 SIZES = "- {name: small, n_layer: 1, n_hidden: 32, learning_rate: 0.003}\n- {n_layer: 2, learning_rate: 0.001}\n"
@@ -183,7 +191,7 @@ def test_bench_growth_tiny(tmp_path):
             # each size with its own lr, its own complete wsd schedule, resumed from its stable phase
             assert {(e['n_layer'], e['n_hidden']) for e in evals} == {(size['n_layer'], size['n_hidden'])}
             assert evals[-1]['iter'] == evals[-1]['lr_decay_iters'] and evals[1]['lr'] == size['lr']
-            final[name, label] = (evals[-1]['flops'], evals[-1]['val_loss'])
+            final[name, label] = (evals[-1]['flops'], final_eval_of(out / f'static-{name}-wsd-seed1-{label}')['val_loss'])
             per_iter[name] = evals[-1]['flops'] / evals[-1]['iter']
     f_ref = 40 * per_iter['2x32-mlp64']
     assert final['2x32-mlp64', 'x0.5'][0] == pytest.approx(f_ref / 2)
@@ -191,31 +199,45 @@ def test_bench_growth_tiny(tmp_path):
     for name in sizes:  # every size at the growth run's budget, to the nearest iter
         assert abs(final[name, 'matched-grow'][0] - growth[-1]['flops']) <= per_iter[name] / 2
 
-    # the table's row, recomputed from the event logs
-    growth_val, budget = growth[-1]['val_loss'], growth[-1]['flops']
-    hull = lower_hull(list(final.values()))
-    env_flops, env_extrapolated = compute_equivalent(hull, growth_val)
+    # the table's row, recomputed from the event logs: the final evals' vals, the hull through the best
+    # size at each budget, no line extended past the measured range
+    growth_val, budget = final_eval_of(out / 'growth-grow-seed1')['val_loss'], growth[-1]['flops']
+    labels = ('x0.5', 'x1.5', 'matched-grow')
+    best_size = {label: min(sizes, key=lambda n: final[n, label][1]) for label in labels}
+    hull = lower_hull([final[best_size[label], label] for label in labels])
+    env_flops, env_bound = compute_equivalent(hull, growth_val)
     same = sorted(v for (name, _), v in final.items() if name == '2x32-mlp64')
-    same_flops, same_extrapolated = compute_equivalent(same, growth_val)
-    envelope_size = min(sizes, key=lambda n: final[n, 'matched-grow'][1])
+    same_flops, same_bound = compute_equivalent(same, growth_val)
+    envelope_size = best_size['matched-grow']
     envelope_val = final[envelope_size, 'matched-grow'][1]
     table = report.with_suffix('.md').read_text()
     row = next(line for line in table.splitlines() if re.match(r'\| 1 \| \d+\.\d{3} \|', line))
     cells = [c.strip() for c in row.strip('|').split('|')]
     assert cells[1] == f"{budget / f_ref:.3f}" and cells[2] == f"{growth_val:.4f}"
     assert cells[3] == f"{final['2x32-mlp64', 'matched-grow'][1]:.4f}"
-    assert cells[4] == f"{envelope_val:.4f} ({envelope_size})"
-    assert cells[5] == f"{env_flops / budget:.2f}" + (' (extrapolated)' if env_extrapolated else '')
-    assert cells[6] == f"{same_flops / budget:.2f}" + (' (extrapolated)' if same_extrapolated else '')
+    assert cells[4] == f"{envelope_val:.4f} ({envelope_size}, {sizes[envelope_size]['lr']:g})"
+    assert cells[5] == f"{env_bound}{env_flops / budget:.2f}"
+    assert cells[6] == f"{same_bound}{same_flops / budget:.2f}"
     size_row = next(line for line in table.splitlines() if line.startswith('| 1 | small |'))
     assert [c.strip().strip('*') for c in size_row.strip('|').split('|')][2:] == [
-        f"{final['small', label][1]:.4f}" for label in ('x0.5', 'x1.5', 'matched-grow')]
-    env_wins = int(growth_val < envelope_val)
-    same_wins = int(growth_val < final['2x32-mlp64', 'matched-grow'][1])
+        f"{final['small', label][1]:.4f}" for label in labels]
+    env_wins = int(env_flops / budget > 1 and env_bound != '<')
+    same_wins = int(same_flops / budget > 1 and same_bound != '<')
     assert stdout.strip().splitlines()[-1] == (
-        f"speedup_envelope_median={env_flops / budget:.3f} speedup_same_size_median={same_flops / budget:.3f} "
+        f"speedup_envelope_median={env_bound}{env_flops / budget:.3f} "
+        f"speedup_same_size_median={same_bound}{same_flops / budget:.3f} "
         f"budget_ratio_median={budget / f_ref:.3f} growth_val_median={growth_val:.4f} "
-        f"envelope_wins={env_wins}/1 same_size_wins={same_wins}/1")
+        f"envelope_wins={env_wins}/1 same_size_wins={same_wins}/1 "
+        f"speedup_envelope_pooled={env_bound}{env_flops / budget:.3f} "
+        f"ci90={env_flops / budget:.3f}..{env_flops / budget:.3f} seeds=1")
+    # the raw results: one line per run, the final eval's figures; the report rebuilt from them alone
+    results = [json.loads(line) for line in open(f"{report}.results.jsonl")]
+    assert len(results) == 7 and {(r['eval_batches'], r['extra_val']) for r in results} == {(3, None)}
+    assert {(r['size'], r['budget']): r['val'] for r in results if r['arm'] == 'static' and not r['at_growth_budget']} \
+        == {(name, float(label[1:])): final[name, label][1] for name in sizes for label in ('x0.5', 'x1.5')}
+    rebuilt = run(['bench_growth.py', f'--report_from={report}.results.jsonl', f'--report={tmp_path / "rebuilt"}'])
+    assert rebuilt.strip().splitlines()[-1] == stdout.strip().splitlines()[-1]
+    assert (tmp_path / 'rebuilt.md').read_text() == table
     assert report.with_suffix('.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
     # --reuse: nothing runs again, the same report comes out
@@ -264,14 +286,32 @@ def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
     ("- {n_layer: 2, learning_rate: 0.001, depth: 3}\n", "entry 0: expected a mapping of"),
     ("- {n_layer: 3, learning_rate: 0.001}\n", "no size has the schedule's final architecture"),
     ("- {n_layer: 2, learning_rate: 0.001}\n- {n_layer: 2, learning_rate: 0.002}\n", "two sizes share a name"),
+    ("- {n_layer: [2\n", "not YAML"),
 ])
 @pytest.mark.slow
 def test_a_bad_sizes_table_is_one_line(tmp_path, rows, message):
     command, _, _ = tiny_bench(tmp_path, rows)
     result = run_script(command, timeout=120)
-    assert result.returncode == 1 and 'train.py' not in result.stdout
+    assert result.returncode == 2 and 'train.py' not in result.stdout
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
-    assert str(tmp_path / 'sizes.yaml') in result.stderr
+    assert result.stderr.startswith(f"error: --sizes: {tmp_path / 'sizes.yaml'}: ")
+
+
+@pytest.mark.parametrize('option, message', [
+    ('--config=config/nothing.py', "error: config file not found: config/nothing.py"),
+    ('--sizes={tmp}/nothing.yaml', "error: --sizes: {tmp}/nothing.yaml: No such file or directory"),
+    ('--ladder=0.5,one', "error: --ladder: expected comma-separated numbers, got '0.5,one'"),
+    ('--ladder=0.5,-1', "error: --ladder: expected numbers > 0, got '0.5,-1'"),
+    ('--seeds=1,b', "error: --seeds: expected comma-separated integers, got '1,b'"),
+    ('--report_from={tmp}/nothing.jsonl', "error: --report_from: {tmp}/nothing.jsonl not found"),
+])
+@pytest.mark.slow
+def test_a_bad_option_is_one_line(tmp_path, option, message):
+    """issue 21: a bad --config, --sizes or --ladder gave a traceback."""
+    command, out, _ = tiny_bench(tmp_path, SIZES, [option.format(tmp=tmp_path)])
+    result = run_script(command, timeout=120)
+    assert (result.returncode, result.stderr) == (2, message.format(tmp=tmp_path) + '\n')
+    assert not out.exists()
 
 
 @pytest.mark.slow
