@@ -6,15 +6,17 @@ import argparse
 import json
 import math
 import os
+import pickle
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import bench_growth
 from bench_growth import (comparable, compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args,
                           wsd_branches)
-from helpers import REPO, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
+from helpers import REPO, SHAKESPEARE, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
 
 TINY_SETTING = ['data_dir={data}', 'max_iters=60', 'eval_interval=20', 'eval_iters=2', 'n_embd=32', 'n_head=2',
                 'n_hidden=32', 'block_size=32', 'batch_size=4', 'log_interval=100', 'warmup_iters=5',
@@ -416,3 +418,40 @@ def test_the_envelope_is_the_best_size_at_each_budget():
     at_budget, hull = bench_growth.envelope(bench_growth.best_static(statics))
     assert {k: r['size'] for k, r in at_budget.items()} == {0.25: '2x64', 1.0: '2x64'}
     assert hull == [(pytest.approx(0.25e12), 1.75), (pytest.approx(1e12), 1.62)]
+
+
+def write_byte_data(folder, book=os.path.join(REPO, '..', 'shared', 'data', 'gutenberg', 'pg1019.txt')):
+    """A Gutenberg book as UTF-8 bytes (vocab 256, the gutenberg testbed's tokens): train, then val."""
+    text = np.frombuffer(open(book, 'rb').read()[:240_000], dtype=np.uint8).astype(np.uint16)
+    os.makedirs(folder)
+    text[:200_000].tofile(folder / 'train.bin')
+    text[200_000:].tofile(folder / 'val.bin')
+    with open(folder / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': 256, 'tokenizer': 'bytes'}, f)
+
+
+@pytest.mark.slow
+def test_a_rung_is_added_while_growth_ends_below_every_static_run(tmp_path):
+    """Static sizes at a peak lr of 1e-9 (and twice it) learn nothing, so the growth run ends below all of
+    them: the benchmark adds the 1 x F_ref rung to the 0.5 ladder, once (--add_rungs=1). Every final
+    model also scores tiny shakespeare as bytes; without --report the report goes into out_dir."""
+    sizes = "- {name: small, n_layer: 1, n_hidden: 32, learning_rate: 0.000000001}\n" \
+            "- {n_layer: 2, learning_rate: 0.000000001}\n"
+    command, out, _ = tiny_bench(tmp_path, sizes, ['--ladder=0.5', '--add_rungs=1', '--lr_factors=1,2', '--jobs=2',
+                                                   f'--extra_text={SHAKESPEARE}'])
+    write_byte_data(tmp_path / 'bytes')
+    command = [arg.replace(str(tmp_path / 'data'), str(tmp_path / 'bytes')) for arg in command
+               if not arg.startswith(('--report=', '--lr_factors=1', '--add_rungs=0'))] + ['--lr_factors=1,2']
+    stdout = run(command)
+    growth = final_eval_of(out / 'growth-grow-seed1')
+    assert f"bench_growth: growth seed 1 ends below every static run ({growth['val_loss']:.4f}): adding the 1 x F_ref " \
+           "rung" in stdout.splitlines()
+    results = [json.loads(line) for line in open(out / 'report.results.jsonl')]
+    assert sorted((r['size'], r['lr'], r['budget']) for r in results if r['arm'] == 'static'
+                  and not r['at_growth_budget']) == sorted(
+        (size, lr, budget) for size in ('small', '2x32-mlp64') for lr in (1e-9, 2e-9) for budget in (0.5, 1.0))
+    assert (out / 'extra-input' / 'val.bin').read_bytes()[::2] == open(SHAKESPEARE, 'rb').read()
+    assert results[0]['arm'] == 'growth' and results[0]['extra_val'] == growth['extra_val_loss']
+    assert all(r['extra_val'] is not None for r in results)
+    assert (out / 'report.md').is_file() and (out / 'report.png').is_file()
+    assert stdout.strip().splitlines()[-1].endswith(" seeds=1 other_text_wins=1/1")
