@@ -1,34 +1,45 @@
 """
 Growth vs static training at matched compute: every run trains on its own complete lr schedule for
-its own training-FLOPs budget, on the same data and the same fixed eval batches.
+its own training-FLOPs budget, on the same data, and is scored by one final eval on the same fixed
+batches (--final_eval_iters, train.py's final_eval_iters: windows spread over the whole val split).
 
 For each seed it trains, through train.py:
   growth     the config with its schedule; its training FLOPs are its budget C_growth
   sizes      every static size of --sizes (a table of architectures, each with the peak lr of its own
-             sweep; without one, the schedule's first and final architectures at the config's lr) at
-             the budgets --ladder x F_ref and at C_growth. F_ref is --ref_iters iters of the schedule's
+             sweep; without one, the schedule's first and final architectures at the config's lr), at its
+             table lr times each of --lr_factors (0.5,1,2: the best lr per size, budget and seed counts),
+             at the budgets --ladder x F_ref and at C_growth. F_ref is --ref_iters iters of the schedule's
              final architecture. max_iters and the lr schedule scale with the budget, warmup does not.
-With wsd all budgets of one size share the stable phase: it runs once per size and seed, in segments
-that end at each budget's cooldown start, and each budget's cooldown branches from there (resumed
-from the segment's checkpoint, bit for bit the run that budget would be on its own). Other families
-(--static_schedules=cosine,wsd) run each budget separately; a budget counts its best family.
+With wsd all budgets of one size and lr share the stable phase: it runs once per size, lr and seed, in
+segments that end at each budget's cooldown start, and each budget's cooldown branches from there
+(resumed from the segment's checkpoint, bit for bit the run that budget would be on its own). Other
+families (--static_schedules=cosine,wsd) run each budget separately; a budget counts its best family.
+While a growth run ends below every static run of its seed, a rung twice the largest budget is added
+(at most --add_rungs times). With --extra_text every final model also scores that text as UTF-8 bytes.
 
 Per seed it reports the growth run's final val, the same-size static (the schedule's final
-architecture) at C_growth, the envelope at C_growth (the best static size there) and two speedups:
-vs same size, the static FLOPs of that size that reach growth's final val (linear in log FLOPs along
-its budgets) over C_growth; vs envelope, C_env(L) / C_growth, where C_env is the lower convex hull of
-every static (FLOPs, final val) against log FLOPs. Beyond the measured range: "extrapolated".
+architecture) at C_growth, the best static at C_growth, and two speedups: vs same size, the static
+FLOPs of that size that reach growth's final val (linear in log FLOPs along its budgets) over
+C_growth; vs envelope, C_env(L) / C_growth, where C_env is the lower convex hull through the best
+static (size, lr) at each budget against log FLOPs. No line is extended beyond the measured range: a
+growth val below every static run gives a lower bound ">X" (above every one: "<X"). A win is a speedup
+above 1. Pooled: each size, budget and lr averaged over the seeds, then the same, for the seeds' median
+growth val; beside it a bootstrap over seeds (10000 resamples) gives a 90% interval of the median speedup.
 
 $ python bench_growth.py --jobs=2                     # tiny shakespeare, the shipped CPU recipe, seeds 1,2,3
 $ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=config/gutenberg_cpu_sizes.yaml \
-      --ladder=0.25,0.5,1.0 --ref_iters=12000 --jobs=2 --report=docs/growth_vs_envelope
+      --ladder=0.25,0.5,1.0,2.0 --ref_iters=12000 --seeds=1,2,3,5,6 --jobs=2 \
+      --extra_text=../shared/data/tinyshakespeare/input.txt --report=docs/growth_vs_envelope
+$ python bench_growth.py --report_from=docs/growth_vs_envelope.results.jsonl   # the report again, no training
 $ python bench_growth.py ... --lr_sweep=0.5,1,2       # each size at its table lr times each factor, one budget
 $ python bench_growth.py ... --ladder_only            # the sizes' table alone; a later run with --reuse keeps it,
                                                        # and with a larger budget added adds one segment a size
 
-Writes REPORT.md and REPORT.png (default docs/growth_vs_static); the run folders go to --out_dir.
+Writes REPORT.md, REPORT.png and REPORT.results.jsonl (one line per run: arm, size, seed, budget, lr,
+FLOPs, final val, other-text val; default REPORT: OUT_DIR/report); the run folders go to --out_dir.
 Its last line is speedup_envelope_median=.. speedup_same_size_median=.. budget_ratio_median=..
-growth_val_median=.. envelope_wins=k/n same_size_wins=k/n.
+growth_val_median=.. envelope_wins=k/n same_size_wins=k/n speedup_envelope_pooled=.. ci90=LO..HI
+seeds=a,b,c (and other_text_wins=k/n with --extra_text).
 """
 
 import argparse
@@ -623,7 +634,9 @@ def write_report(records, report):
              f"budgets {','.join(f'{b:g}' for b in sorted({r['budget'] for r in statics if not r.get('at_growth_budget')}))} "
              f"x F_ref and each growth run's budget; each size at its table lr times {', '.join(f'{f:g}' for f in factors)} "
              f"(the best per size, budget and seed): " + ', '.join(
-                 f"{size} (lr {table:g})" for size, table in dict((s, t) for s, t, _ in lrs).items()), '',
+                 f"{size} (lr {table:g})" for size, table in dict((s, t) for s, t, _ in lrs).items()) + '.', '',
+             *[line for source in dict.fromkeys(r['source'] for r in records if 'source' in r)
+               for line in (f"raw results: {source}", '')],
              "| seed | growth budget (x F_ref) | growth final val | same size, same budget | envelope, same budget "
              "(size, lr) | speedup vs envelope | speedup vs same size | other text: growth | other text: best static, "
              "same budget (size) |", "|---|---|---|---|---|---|---|---|---|"]
