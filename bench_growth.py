@@ -163,7 +163,7 @@ def wsd_branches(prefix, size, budgets, setting, common):
     for stop in sorted({cooldown_start(iters, setting) for iters in budgets.values()}):
         name = f"{prefix}-stable{stop}"
         runs[name] = ([*common, *static_args(size, stop, 'wsd', setting, decay_iters=last),
-                       '--always_save_checkpoint=True'], parent)
+                       '--always_save_checkpoint=True', '--final_eval_iters=0'], parent)  # no report reads a segment
         parent = name
     by_iters = {}  # budgets of the same iters (a growth run's budget on the ladder) share one run
     for label, iters in budgets.items():
