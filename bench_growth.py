@@ -405,6 +405,9 @@ def run_benchmark(args):
     factors = parse_list('lr_factors', args.lr_factors)
     families = args.static_schedules.split(',')
     report = args.report or os.path.join(args.out_dir, 'report')
+    if args.final_eval_iters < 0:
+        raise UserError(f"--final_eval_iters: expected an integer >= 0 (0: the last periodic eval), got "
+                        f"{args.final_eval_iters}")
 
     setting, schedule, start, final = load_setting(args.config, args.schedule, overrides)
     sizes = read_sizes(args.sizes, start, final, setting)
@@ -431,16 +434,18 @@ def run_benchmark(args):
                    seed=seed, **run_figures(growth_runs[f"growth-{growth_name}-seed{seed}"], f_ref),
                    lr=setting['learning_rate']) for seed in seeds if growth_runs]
     for rung in range(args.add_rungs + 1):
-        statics = []
+        runs, named = {}, []
         for seed in seeds:
             budgets = {f"x{b:g}": b * f_ref for b in ladder}
             if not args.ladder_only:
                 budgets['matched'] = next(g['flops'] for g in growth if g['seed'] == seed)
             nominal = {label: float(label[1:]) if label != 'matched' else flops / f_ref for label, flops in budgets.items()}
-            runs, named = static_runs(sizes, factors, families, budgets, nominal, seed,
-                                      [f'--seed={seed}', *overrides, *scoring], setting, iters_at, growth_name)
-            results = run_all(runs, args)
-            statics += [dict(run_figures(results[name], f_ref), **fields) for name, fields in named]
+            seed_runs, seed_named = static_runs(sizes, factors, families, budgets, nominal, seed,
+                                                [f'--seed={seed}', *overrides, *scoring], setting, iters_at, growth_name)
+            runs.update(seed_runs)
+            named += seed_named
+        results = run_all(runs, args)
+        statics = [dict(run_figures(results[name], f_ref), **fields) for name, fields in named]
         if args.ladder_only:
             print('\n'.join(size_table(statics)))
             return
@@ -515,6 +520,11 @@ def read_results(path):
             records.append(record)
     if not any(r['arm'] == 'growth' for r in records):
         raise UserError(f"{path}: no growth run")
+    for g in (r for r in records if r['arm'] == 'growth'):
+        if not any(r['arm'] == 'static' and r.get('at_growth_budget') and (r['seed'], r['size']) == (g['seed'], g['size'])
+                   for r in records):
+            raise UserError(f"{path}: no static run of size {g['size']} at the growth budget of seed {g['seed']} "
+                            "(at_growth_budget: true)")
     return records
 
 
@@ -624,8 +634,8 @@ def write_report(records, report):
     ci_low, ci_high = bootstrap_ci90([v for v, _ in env_speedups])
     median = statistics.median
     first, f_ref = growths[0], growths[0]['f_ref']
-    lrs = sorted({(r['size'], r['table_lr'] if 'table_lr' in r else r['lr'], r['lr']) for r in statics})
-    factors = sorted({round(lr / table, 6) for _, table, lr in lrs})
+    table_lrs = {r['size']: r.get('table_lr', r['lr']) for r in statics}
+    factors = sorted({round(r['lr'] / table_lrs[r['size']], 6) for r in statics})
     batches = sorted({r.get('eval_batches') for r in records}, key=str)
 
     lines = [f"# growth vs the static envelope at matched compute: {first.get('config', '?')} + {first.get('recipe', '?')}",
@@ -634,7 +644,7 @@ def write_report(records, report):
              f"budgets {','.join(f'{b:g}' for b in sorted({r['budget'] for r in statics if not r.get('at_growth_budget')}))} "
              f"x F_ref and each growth run's budget; each size at its table lr times {', '.join(f'{f:g}' for f in factors)} "
              f"(the best per size, budget and seed): " + ', '.join(
-                 f"{size} (lr {table:g})" for size, table in dict((s, t) for s, t, _ in lrs).items()) + '.', '',
+                 f"{size} (lr {table:g})" for size, table in table_lrs.items()) + '.', '',
              *[line for source in dict.fromkeys(r['source'] for r in records if 'source' in r)
                for line in (f"raw results: {source}", '')],
              "| seed | growth budget (x F_ref) | growth final val | same size, same budget | envelope, same budget "

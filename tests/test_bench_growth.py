@@ -275,7 +275,7 @@ def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
     for name, lr in (('small', 0.0015), ('small', 0.006), ('2x32-mlp64', 0.0005), ('2x32-mlp64', 0.002)):
         evals = evals_of(out / f'sweep-{name}-lr{lr:g}-x1-seed1')
         assert evals[1]['lr'] == lr and evals[-1]['lr'] == pytest.approx(lr / 10)
-        vals[name, lr] = evals[-1]['val_loss']
+        vals[name, lr] = final_eval_of(out / f'sweep-{name}-lr{lr:g}-x1-seed1')['val_loss']  # the figure it prints
     assert lines[-3] == "final val at 1 x F_ref (wsd, seed 1), by peak lr:"
     best = min((0.0015, 0.006), key=lambda lr: vals['small', lr])
     assert lines[-2] == (f"small: lr 0.0015: {vals['small', 0.0015]:.4f}, lr 0.006: {vals['small', 0.006]:.4f}; "
