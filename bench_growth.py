@@ -28,7 +28,7 @@ growth val; beside it a bootstrap over seeds (10000 resamples) gives a 90% inter
 
 $ python bench_growth.py --jobs=2                     # tiny shakespeare, the shipped CPU recipe, seeds 1,2,3
 $ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=config/gutenberg_cpu_sizes.yaml \
-      --ladder=0.25,0.5,1.0,2.0 --ref_iters=12000 --seeds=1,2,3,5,6 --jobs=2 \
+      --ladder=0.25,0.5,1.0,2.0 --ref_iters=12000 --seeds=11,12,13,14,15 --jobs=2 \
       --extra_text=../shared/data/tinyshakespeare/input.txt --report=docs/growth_vs_envelope
 $ python bench_growth.py --report_from=docs/growth_vs_envelope.results.jsonl   # the report again, no training
 $ python bench_growth.py ... --lr_sweep=0.5,1,2       # each size at its table lr times each factor, one budget
