@@ -1,51 +1,64 @@
 """
 Growth vs static training at matched compute: every run trains on its own complete lr schedule for
-its own training-FLOPs budget, on the same data and the same fixed eval batches.
+its own training-FLOPs budget, on the same data, and is scored by one final eval on the same fixed
+batches (--final_eval_iters, train.py's final_eval_iters: windows spread over the whole val split).
 
 For each seed it trains, through train.py:
   growth     the config with its schedule; its training FLOPs are its budget C_growth
   sizes      every static size of --sizes (a table of architectures, each with the peak lr of its own
-             sweep; without one, the schedule's first and final architectures at the config's lr) at
-             the budgets --ladder x F_ref and at C_growth. F_ref is --ref_iters iters of the schedule's
+             sweep; without one, the schedule's first and final architectures at the config's lr), at its
+             table lr times each of --lr_factors (0.5,1,2: the best lr per size, budget and seed counts),
+             at the budgets --ladder x F_ref and at C_growth. F_ref is --ref_iters iters of the schedule's
              final architecture. max_iters and the lr schedule scale with the budget, warmup does not.
-With wsd all budgets of one size share the stable phase: it runs once per size and seed, in segments
-that end at each budget's cooldown start, and each budget's cooldown branches from there (resumed
-from the segment's checkpoint, bit for bit the run that budget would be on its own). Other families
-(--static_schedules=cosine,wsd) run each budget separately; a budget counts its best family.
+With wsd all budgets of one size and lr share the stable phase: it runs once per size, lr and seed, in
+segments that end at each budget's cooldown start, and each budget's cooldown branches from there
+(resumed from the segment's checkpoint, bit for bit the run that budget would be on its own). Other
+families (--static_schedules=cosine,wsd) run each budget separately; a budget counts its best family.
+While a growth run ends below every static run of its seed, a rung twice the largest budget is added
+(at most --add_rungs times). With --extra_text every final model also scores that text as UTF-8 bytes.
 
 Per seed it reports the growth run's final val, the same-size static (the schedule's final
-architecture) at C_growth, the envelope at C_growth (the best static size there) and two speedups:
-vs same size, the static FLOPs of that size that reach growth's final val (linear in log FLOPs along
-its budgets) over C_growth; vs envelope, C_env(L) / C_growth, where C_env is the lower convex hull of
-every static (FLOPs, final val) against log FLOPs. Beyond the measured range: "extrapolated".
+architecture) at C_growth, the best static at C_growth, and two speedups: vs same size, the static
+FLOPs of that size that reach growth's final val (linear in log FLOPs along its budgets) over
+C_growth; vs envelope, C_env(L) / C_growth, where C_env is the lower convex hull through the best
+static (size, lr) at each budget against log FLOPs. No line is extended beyond the measured range: a
+growth val below every static run gives a lower bound ">X" (above every one: "<X"). A win is a speedup
+above 1. Pooled: each size, budget and lr averaged over the seeds, then the same, for the seeds' median
+growth val; beside it a bootstrap over seeds (10000 resamples) gives a 90% interval of the median speedup.
 
 $ python bench_growth.py --jobs=2                     # tiny shakespeare, the shipped CPU recipe, seeds 1,2,3
 $ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=config/gutenberg_cpu_sizes.yaml \
-      --ladder=0.25,0.5,1.0 --ref_iters=12000 --jobs=2 --report=docs/growth_vs_envelope
+      --ladder=0.25,0.5,1.0,2.0 --ref_iters=12000 --seeds=11,12,13,14,15 --jobs=2 \
+      --extra_text=../shared/data/tinyshakespeare/input.txt --report=docs/growth_vs_envelope
+$ python bench_growth.py --report_from=docs/growth_vs_envelope.results.jsonl   # the report again, no training
 $ python bench_growth.py ... --lr_sweep=0.5,1,2       # each size at its table lr times each factor, one budget
 $ python bench_growth.py ... --ladder_only            # the sizes' table alone; a later run with --reuse keeps it,
                                                        # and with a larger budget added adds one segment a size
 
-Writes REPORT.md and REPORT.png (default docs/growth_vs_static); the run folders go to --out_dir.
+Writes REPORT.md, REPORT.png and REPORT.results.jsonl (one line per run: arm, size, seed, budget, lr,
+FLOPs, final val, other-text val; default REPORT: OUT_DIR/report); the run folders go to --out_dir.
 Its last line is speedup_envelope_median=.. speedup_same_size_median=.. budget_ratio_median=..
-growth_val_median=.. envelope_wins=k/n same_size_wins=k/n.
+growth_val_median=.. envelope_wins=k/n same_size_wins=k/n speedup_envelope_pooled=.. ci90=LO..HI
+seeds=a,b,c (and other_text_wins=k/n with --extra_text).
 """
 
 import argparse
 import json
 import math
 import os
+import pickle
 import shutil
 import statistics
 import subprocess
 import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+import numpy as np
 import torch
 import yaml
 
 import train
-from configurator import configure
+from configurator import ConfigError, UserError, configure
 from model import ARCH_KEYS, GPT, GPTConfig
 from plot_run import read_events
 
@@ -87,30 +100,35 @@ def read_sizes(path, start, final, setting):
         rows = [{k: getattr(start, k) for k in ARCH_KEYS}, final]
         rows = [dict(row, learning_rate=setting['learning_rate']) for i, row in enumerate(rows) if row not in rows[:i]]
     else:
-        with open(path) as f:
-            rows = yaml.safe_load(f)
+        try:
+            with open(path) as f:
+                rows = yaml.safe_load(f)
+        except OSError as e:
+            raise UserError(f"--sizes: {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"--sizes: {path}: not YAML ({' '.join(str(e).split())})") from None
         if not isinstance(rows, list) or not rows:
-            sys.exit(f"bench_growth: {path}: expected a non-empty list of sizes")
+            raise UserError(f"--sizes: {path}: expected a non-empty list of sizes")
     sizes = []
     for i, row in enumerate(rows):
-        where = f"bench_growth: {path}: entry {i}"
+        where = f"--sizes: {path}: entry {i}"
         unknown = set(row) - {*ARCH_KEYS, 'learning_rate', 'min_lr', 'name'} if isinstance(row, dict) else None
         if unknown is None or unknown:
-            sys.exit(f"{where}: expected a mapping of {', '.join(ARCH_KEYS)}, learning_rate, min_lr, name; "
+            raise UserError(f"{where}: expected a mapping of {', '.join(ARCH_KEYS)}, learning_rate, min_lr, name; "
                      f"got {sorted(unknown) if unknown else row!r}")
         for key in ('learning_rate', 'min_lr', *ARCH_KEYS):
             if key in row and (isinstance(row[key], bool) or not isinstance(row[key], (int, float)) or row[key] < 0):
-                sys.exit(f"{where}: field {key}: expected a number >= 0, got {row[key]!r} (YAML reads 4e-3 as text: write 0.004)")
+                raise UserError(f"{where}: field {key}: expected a number >= 0, got {row[key]!r} (YAML reads 4e-3 as text: write 0.004)")
         if 'learning_rate' not in row:
-            sys.exit(f"{where}: field learning_rate: missing (each size runs at the peak lr of its own sweep)")
+            raise UserError(f"{where}: field learning_rate: missing (each size runs at the peak lr of its own sweep)")
         arch = {k: row.get(k, final[k]) for k in ARCH_KEYS}
         sizes.append(dict(name=str(row.get('name', size_name(arch))), arch=arch, lr=row['learning_rate'],
                           min_lr=row.get('min_lr', row['learning_rate'] * ratio)))
     names = [s['name'] for s in sizes]
     if len(set(names)) < len(names):
-        sys.exit(f"bench_growth: {path}: two sizes share a name ({', '.join(names)}); give each row a name")
+        raise UserError(f"--sizes: {path}: two sizes share a name ({', '.join(names)}); give each row a name")
     if final not in [s['arch'] for s in sizes]:
-        sys.exit(f"bench_growth: {path}: no size has the schedule's final architecture {final}")
+        raise UserError(f"--sizes: {path}: no size has the schedule's final architecture {final}")
     return sizes
 
 
@@ -145,7 +163,7 @@ def wsd_branches(prefix, size, budgets, setting, common):
     for stop in sorted({cooldown_start(iters, setting) for iters in budgets.values()}):
         name = f"{prefix}-stable{stop}"
         runs[name] = ([*common, *static_args(size, stop, 'wsd', setting, decay_iters=last),
-                       '--always_save_checkpoint=True'], parent)
+                       '--always_save_checkpoint=True', '--final_eval_iters=0'], parent)  # no report reads a segment
         parent = name
     by_iters = {}  # budgets of the same iters (a growth run's budget on the ladder) share one run
     for label, iters in budgets.items():
@@ -214,7 +232,7 @@ def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
             identity['parent'] = json.load(f)
     if reuse and os.path.isfile(stamp) and comparable(json.load(open(stamp))) == comparable(identity) \
             and open(log).read().endswith('RUN FINISHED\n'):
-        return read_events(out_dir)
+        return read_run(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     for name in ('events.jsonl', 'ckpt.pt', 'identity.json'):
         if os.path.isfile(os.path.join(out_dir, name)):
@@ -231,7 +249,7 @@ def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
         f.write('RUN FINISHED\n')
     with open(stamp, 'w') as f:
         json.dump(identity, f, indent=1)
-    return read_events(out_dir)
+    return read_run(out_dir)
 
 
 def run_all(runs, args):
@@ -253,30 +271,43 @@ def run_all(runs, args):
     return results
 
 
+def read_run(out_dir):
+    """A finished run's (evals, ops, final eval): the final_eval event at its last eval's iter, or None
+    (a run without final_eval_iters; a stable segment's own final eval is not its branch's)."""
+    evals, ops = read_events(out_dir)
+    with open(os.path.join(out_dir, 'events.jsonl')) as f:
+        finals = [e for e in map(json.loads, f) if e['event'] == 'final_eval' and e['iter'] == evals[-1]['iter']]
+    return evals, ops, finals[-1] if finals else None
+
+
 def final_val(result):
-    evals, _ = result
-    return evals[-1]['val_loss']
+    """The figure a report uses: the final eval's val, or the last periodic eval's without one."""
+    evals, _, final = result
+    return final['val_loss'] if final else evals[-1]['val_loss']
 
 
 def final_flops(result):
-    evals, _ = result
-    return evals[-1]['flops']
+    return result[0][-1]['flops']
 
 
 def compute_equivalent(points, target):
-    """Static FLOPs that reach `target`: linear in log FLOPs between the two points around it,
-    (flops, extrapolated?). points: (flops, final val), val falling with flops; a point given twice (a
-    growth budget that is a ladder budget's run) counts once."""
+    """Static FLOPs that reach `target`, linear in log FLOPs between the two points around it, and a
+    bound: '' inside the measured range; outside it no line is extended: '>' (target below every point:
+    more than the lowest point's FLOPs) or '<' (above every point: less than the smallest budget's).
+    points: (flops, final val); a point given twice (a growth budget that is a ladder budget's run)
+    counts once."""
     points = sorted(set(points))
-    if len(points) < 2:
-        return math.nan, True
+    if not points:
+        return math.nan, ''
     for (f0, v0), (f1, v1) in zip(points, points[1:]):
         if min(v0, v1) <= target <= max(v0, v1) and v0 != v1:
-            return math.exp(math.log(f0) + (target - v0) / (v1 - v0) * (math.log(f1) - math.log(f0))), False
-    (f0, v0), (f1, v1) = points[-2:] if target < points[-1][1] else points[:2]
-    if v0 == v1:
-        return math.nan, True
-    return math.exp(math.log(f0) + (target - v0) / (v1 - v0) * (math.log(f1) - math.log(f0))), True
+            return math.exp(math.log(f0) + (target - v0) / (v1 - v0) * (math.log(f1) - math.log(f0))), ''
+    lowest = min(points, key=lambda p: p[1])
+    if target < lowest[1]:
+        return lowest[0], '>'
+    if target == lowest[1]:
+        return lowest[0], ''
+    return points[0][0], '<'
 
 
 def lower_hull(points):
@@ -312,17 +343,71 @@ def main():
     parser.add_argument('--sweep_budget', type=float, default=0.5)
     parser.add_argument('--jobs', type=int, default=1, help="runs at a time (each on one thread when > 1)")
     parser.add_argument('--out_dir', default='bench-growth')
-    parser.add_argument('--report', default='docs/growth_vs_static', help="writes REPORT.md and REPORT.png")
+    parser.add_argument('--report', default='', help="writes REPORT.md and REPORT.png")
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         help="a train.py override for every run, e.g. --set eval_iters=10 (repeatable)")
     parser.add_argument('--reuse', action='store_true', help="keep runs that already finished in out_dir")
     parser.add_argument('--ladder_only', action='store_true',
                         help="every size at the ladder budgets only (no growth run): print the table and stop")
+    parser.add_argument('--lr_factors', default='0.5,1,2', help="each static size at its table lr times each factor, "
+                        "at every budget; the envelope takes the best lr per size, budget and seed")
+    parser.add_argument('--final_eval_iters', type=int, default=500, help="batches of every run's final eval "
+                        "(train.py's final_eval_iters), the figure every table uses")
+    parser.add_argument('--extra_text', default='', help="a text file every final model also scores, as UTF-8 "
+                        "bytes (byte-level training data only), e.g. ../shared/data/tinyshakespeare/input.txt")
+    parser.add_argument('--add_rungs', type=int, default=2, help="while a growth run ends below every static run "
+                        "of its seed, add a budget twice the largest, at most this many times")
+    parser.add_argument('--report_from', default='', help="a results.jsonl: rebuild its report without training")
     args = parser.parse_args()
+    try:
+        if args.report_from:
+            write_report(read_results(args.report_from), args.report or report_beside(args.report_from))
+        else:
+            run_benchmark(args)
+    except (UserError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_list(option, text, kind=float):
+    """The numbers of a comma-separated option, each > 0 (a UserError naming the option otherwise)."""
+    try:
+        values = [kind(x) for x in text.split(',')]
+    except ValueError:
+        raise UserError(f"--{option}: expected comma-separated {'integers' if kind is int else 'numbers'}, "
+                        f"got {text!r}") from None
+    if any(v <= 0 for v in values) and option != 'seeds':
+        raise UserError(f"--{option}: expected numbers > 0, got {text!r}")
+    return values
+
+
+def prepare_extra_text(path, out_dir):
+    """path's text as UTF-8 bytes, the way data/gutenberg/prepare.py tokenizes the books (line endings \\n,
+    vocab 256), into out_dir/extra-NAME/val.bin and meta.pkl: the folder train.py's final_eval_extra scores."""
+    if not os.path.isfile(path):
+        raise UserError(f"--extra_text: {path} not found")
+    with open(path, 'rb') as f:
+        text = f.read().replace(b'\r\n', b'\n')
+    folder = os.path.join(out_dir, 'extra-' + os.path.splitext(os.path.basename(path))[0])
+    os.makedirs(folder, exist_ok=True)
+    np.frombuffer(text, dtype=np.uint8).astype(np.uint16).tofile(os.path.join(folder, 'val.bin'))
+    with open(os.path.join(folder, 'meta.pkl'), 'wb') as f:
+        pickle.dump({'vocab_size': 256, 'tokenizer': 'bytes'}, f)
+    return folder
+
+
+def run_benchmark(args):
+    """Train the growth runs and every static size at every budget and lr, write the raw results beside
+    the report, then the report."""
     overrides = [f'--{kv}' for kv in args.set]
-    seeds = [int(s) for s in args.seeds.split(',')]
-    ladder = sorted({float(b) for b in args.ladder.split(',')})
+    seeds = parse_list('seeds', args.seeds, int)
+    ladder = sorted(set(parse_list('ladder', args.ladder)))
+    factors = parse_list('lr_factors', args.lr_factors)
     families = args.static_schedules.split(',')
+    report = args.report or os.path.join(args.out_dir, 'report')
+    if args.final_eval_iters < 0:
+        raise UserError(f"--final_eval_iters: expected an integer >= 0 (0: the last periodic eval), got "
+                        f"{args.final_eval_iters}")
 
     setting, schedule, start, final = load_setting(args.config, args.schedule, overrides)
     sizes = read_sizes(args.sizes, start, final, setting)
@@ -330,113 +415,304 @@ def main():
     same = next(s['name'] for s in sizes if s['arch'] == final)
     f_ref = per_iter[same] * args.ref_iters
     growth_name = os.path.splitext(os.path.basename(schedule))[0]
+    if args.extra_text and train.check_data().get('tokenizer') != 'bytes':
+        raise UserError(f"--extra_text: the training data ({train.data_path()}) is not UTF-8 bytes, so its tokens "
+                        f"cannot score {args.extra_text}")
+    scoring = [f'--final_eval_iters={args.final_eval_iters}'] + (
+        [f'--final_eval_extra={prepare_extra_text(args.extra_text, args.out_dir)}'] if args.extra_text else [])
 
     def iters_at(size, flops):
         return max(1, round(flops / per_iter[size['name']]))
 
     if args.lr_sweep:
-        lr_sweep(args, sizes, setting, overrides, seeds[0], iters_at, f_ref)
+        lr_sweep(args, sizes, setting, overrides + scoring, seeds[0], iters_at, f_ref)
         return
 
-    # phase 1: the growth runs; phase 2: every size at every ladder budget and at each growth budget
-    growth = {} if args.ladder_only else run_all({f"growth-{growth_name}-seed{seed}": (
-        [f'--seed={seed}', *overrides, f'--scaling_schedule_file={schedule}'], None) for seed in seeds}, args)
-    runs, static = {}, {}  # static: (size, budget label, seed) -> the names of its runs, one per family
-    for seed in seeds:
-        common = [f'--seed={seed}', *overrides]
-        budgets = {f"x{b:g}": b * f_ref for b in ladder}
-        if not args.ladder_only:
-            budgets[f"matched-{growth_name}"] = final_flops(growth[f"growth-{growth_name}-seed{seed}"])
-        for size in sizes:
+    growth_runs = {} if args.ladder_only else run_all({f"growth-{growth_name}-seed{seed}": (
+        [f'--seed={seed}', *overrides, *scoring, f'--scaling_schedule_file={schedule}'], None) for seed in seeds}, args)
+    growth = [dict(arm='growth', recipe=growth_name, config=args.config, overrides=' '.join(overrides), size=same,
+                   seed=seed, **run_figures(growth_runs[f"growth-{growth_name}-seed{seed}"], f_ref),
+                   lr=setting['learning_rate']) for seed in seeds if growth_runs]
+    for rung in range(args.add_rungs + 1):
+        runs, named = {}, []
+        for seed in seeds:
+            budgets = {f"x{b:g}": b * f_ref for b in ladder}
+            if not args.ladder_only:
+                budgets['matched'] = next(g['flops'] for g in growth if g['seed'] == seed)
+            nominal = {label: float(label[1:]) if label != 'matched' else flops / f_ref for label, flops in budgets.items()}
+            seed_runs, seed_named = static_runs(sizes, factors, families, budgets, nominal, seed,
+                                                [f'--seed={seed}', *overrides, *scoring], setting, iters_at, growth_name)
+            runs.update(seed_runs)
+            named += seed_named
+        results = run_all(runs, args)
+        statics = [dict(run_figures(results[name], f_ref), **fields) for name, fields in named]
+        if args.ladder_only:
+            print('\n'.join(size_table(statics)))
+            return
+        below = [g for g in growth if g['val'] < min(r['val'] for r in statics if r['seed'] == g['seed'])]
+        if not below or rung == args.add_rungs:
+            break
+        ladder.append(2 * max(ladder))
+        print(f"bench_growth: growth seed {below[0]['seed']} ends below every static run ({below[0]['val']:.4f}): "
+              f"adding the {ladder[-1]:g} x F_ref rung", flush=True)
+        args.reuse = True  # what ran above is kept
+    records = growth + statics
+    os.makedirs(os.path.dirname(report) or '.', exist_ok=True)
+    with open(report + '.results.jsonl', 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)
+    write_report(records, report)
+
+
+def run_figures(result, f_ref):
+    """What results.jsonl keeps of a run: its FLOPs, budget, final val and extra val, and the eval's batches."""
+    evals, _, final = result
+    return dict(budget=evals[-1]['flops'] / f_ref, flops=evals[-1]['flops'], val=final_val(result),
+                extra_val=final.get('extra_val_loss') if final else None,
+                eval_batches=final['batches'] if final else evals[-1]['eval_iters'], f_ref=f_ref)
+
+
+def static_runs(sizes, factors, families, budgets, nominal, seed, common, setting, iters_at, growth_name):
+    """Every size at every lr factor and family through the budgets {label: flops} ({label: x F_ref} in
+    nominal): the runs {name: (train.py args, parent)} and, per run that ends at a budget, (name, its
+    results.jsonl fields).
+    The table lr's runs keep their names from before lr factors (so --reuse keeps them)."""
+    runs, named = {}, []
+    for size in sizes:
+        for factor in factors:
+            tuned = dict(size, lr=size['lr'] * factor, min_lr=size['min_lr'] * factor)
             for family in families:
-                prefix = f"static-{size['name']}-{family}"
+                prefix = f"static-{size['name']}" + (f"-lr{tuned['lr']:g}" if factor != 1 else '') + f"-{family}"
+                labels = {label: (label if label != 'matched' else f"matched-{growth_name}") for label in budgets}
                 if family == 'wsd':
-                    branch_runs, names = wsd_branches(f"{prefix}-seed{seed}", size, {
-                        f"{label}": iters_at(size, flops) for label, flops in budgets.items()}, setting, common)
+                    branch_runs, names = wsd_branches(f"{prefix}-seed{seed}", tuned, {
+                        labels[label]: iters_at(size, flops) for label, flops in budgets.items()}, setting, common)
                     runs.update(branch_runs)
                 else:
-                    names = {label: f"{prefix}-{label}-seed{seed}" for label in budgets}
-                    runs.update({names[label]: ([*common, *static_args(size, iters_at(size, flops), family, setting)],
-                                                None) for label, flops in budgets.items()})
+                    names = {labels[label]: f"{prefix}-{labels[label]}-seed{seed}" for label in budgets}
+                    runs.update({names[labels[label]]: ([*common, *static_args(tuned, iters_at(size, flops), family,
+                                                                               setting)], None)
+                                 for label, flops in budgets.items()})
                 for label in budgets:
-                    static.setdefault((size['name'], label, seed), []).append(names[label])
-    results = {**growth, **run_all(runs, args)}
-    if args.ladder_only:
-        print('\n'.join(size_table(results, static, sizes, seeds, [f"x{b:g}" for b in ladder])))
-        return
-    report(args, results, static, sizes, same, seeds, ladder, growth_name, f_ref, overrides, families)
+                    named.append((names[labels[label]], dict(
+                        arm='static', size=size['name'], seed=seed, budget=nominal[label], lr=tuned['lr'],
+                        table_lr=size['lr'], schedule=family, at_growth_budget=label == 'matched')))
+    return runs, named
 
 
-def report(args, results, static, sizes, same, seeds, ladder, growth_name, f_ref, overrides, families):
-    """The per-seed table, each size's final val at each budget, the picture and the summary line."""
-    matched = f"matched-{growth_name}"
-    labels = [f"x{b:g}" for b in ladder] + [matched]
+RESULT_FIELDS = ('arm', 'size', 'seed', 'budget', 'lr', 'flops', 'val', 'f_ref')
 
-    def best(size, label, seed):
-        return best_of(results, static[(size, label, seed)])[1]
 
-    rows = []
-    for seed in seeds:
-        growth = results[f"growth-{growth_name}-seed{seed}"]
-        budget, val = final_flops(growth), final_val(growth)
-        points = {s['name']: sorted((final_flops(best(s['name'], label, seed)), final_val(best(s['name'], label, seed)))
-                                    for label in labels) for s in sizes}
-        hull = lower_hull([p for size_points in points.values() for p in size_points])
-        env_flops, env_extrapolated = compute_equivalent(hull, val)
-        same_flops, same_extrapolated = compute_equivalent(points[same], val)
-        envelope_size = min(sizes, key=lambda s: final_val(best(s['name'], matched, seed)))['name']
-        rows.append(dict(seed=seed, growth=val, budget=budget / f_ref, same=final_val(best(same, matched, seed)),
-                         envelope=final_val(best(envelope_size, matched, seed)), envelope_size=envelope_size,
-                         speedup_envelope=env_flops / budget, envelope_extrapolated=env_extrapolated,
-                         speedup_same=same_flops / budget, same_extrapolated=same_extrapolated, hull=hull))
+def read_results(path):
+    """The records of a results.jsonl, one run a line (a UserError naming the line if one is not)."""
+    if not os.path.isfile(path):
+        raise UserError(f"--report_from: {path} not found")
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}, line {number}: not JSON ({e.msg})") from None
+            missing = [k for k in RESULT_FIELDS if not isinstance(record, dict) or k not in record]
+            if missing or record['arm'] not in ('growth', 'static'):
+                raise UserError(f"{path}, line {number}: expected a run with {', '.join(RESULT_FIELDS)} "
+                                f"(arm growth or static)" + (f"; missing {missing[0]}" if missing else ''))
+            records.append(record)
+    if not any(r['arm'] == 'growth' for r in records):
+        raise UserError(f"{path}: no growth run")
+    for g in (r for r in records if r['arm'] == 'growth'):
+        if not any(r['arm'] == 'static' and r.get('at_growth_budget') and (r['seed'], r['size']) == (g['seed'], g['size'])
+                   for r in records):
+            raise UserError(f"{path}: no static run of size {g['size']} at the growth budget of seed {g['seed']} "
+                            "(at_growth_budget: true)")
+    return records
 
-    def extrapolated(flag):
-        return ' (extrapolated)' if flag else ''
 
-    lines = [f"# growth vs the static envelope at matched compute: {args.config} + {growth_name}", '',
-             f"seeds {','.join(map(str, seeds))}; overrides {' '.join(overrides) or 'none'}; F_ref = {args.ref_iters} "
-             f"iters of the final architecture ({same}) = {f_ref:.3e} training FLOPs; static budgets {args.ladder} "
-             f"x F_ref and each growth run's budget, each the best of {', '.join(families)}; sizes "
-             + ', '.join(f"{s['name']} (lr {s['lr']:g})" for s in sizes), '',
-             "| seed | growth budget (x F_ref) | growth final val | same size, same budget | envelope, same budget "
-             "(size) | speedup vs envelope | speedup vs same size |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['seed']} | {r['budget']:.3f} | {r['growth']:.4f} | {r['same']:.4f} | {r['envelope']:.4f} "
-                     f"({r['envelope_size']}) | {r['speedup_envelope']:.2f}{extrapolated(r['envelope_extrapolated'])} | "
-                     f"{r['speedup_same']:.2f}{extrapolated(r['same_extrapolated'])} |")
-    lines += ['', *size_table(results, static, sizes, seeds, labels)]
+def report_beside(results_path):
+    """docs/x.results.jsonl -> docs/x: the report a results file was written beside."""
+    for suffix in ('.results.jsonl', '.jsonl'):
+        if results_path.endswith(suffix):
+            return results_path[:-len(suffix)]
+    return results_path
 
+
+def budget_key(record):
+    return 'growth' if record.get('at_growth_budget') else record['budget']
+
+
+def best_static(statics):
+    """{(size, budget key): the record of the lowest final val over that size's lrs and schedules}."""
+    best = {}
+    for r in statics:
+        key = (r['size'], budget_key(r))
+        if key not in best or r['val'] < best[key]['val']:
+            best[key] = r
+    return best
+
+
+def envelope(best):
+    """The best size at each budget ({budget key: record}) and the lower hull through those points: one
+    point a budget, so that sizes whose FLOPs differ by a rounded iter do not make a vertical segment."""
+    at_budget = {}
+    for (_, key), r in best.items():
+        if key not in at_budget or r['val'] < at_budget[key]['val']:
+            at_budget[key] = r
+    return at_budget, lower_hull([(r['flops'], r['val']) for r in at_budget.values()])
+
+
+def pooled_statics(statics, seeds):
+    """The static runs averaged over seeds, per size, budget, lr and schedule (those run on every seed)."""
+    groups = {}
+    for r in statics:
+        groups.setdefault((r['size'], budget_key(r), r['lr'], r.get('schedule', 'wsd')), []).append(r)
+    pooled = []
+    for runs in groups.values():
+        if sorted(r['seed'] for r in runs) == sorted(seeds):
+            extras = [r.get('extra_val') for r in runs]
+            pooled.append(dict(runs[0], seed='pooled', val=statistics.fmean(r['val'] for r in runs),
+                               flops=statistics.fmean(r['flops'] for r in runs),
+                               extra_val=statistics.fmean(extras) if None not in extras else None))
+    return pooled
+
+
+def compare(growth, statics):
+    """One row: a growth run (or the seeds' median) against its statics: the envelope (hull) and the same
+    size, each speedup with its bound ('' measured, '>' or '<' outside the static range), and on the
+    other text, the best static at the growth budget."""
+    best = best_static(statics)
+    at_budget, hull = envelope(best)
+    env_flops, env_bound = compute_equivalent(hull, growth['val'])
+    same_flops, same_bound = compute_equivalent(
+        [(r['flops'], r['val']) for (size, _), r in best.items() if size == growth['size']], growth['val'])
+    matched = {size: r for (size, key), r in best.items() if key == 'growth'}
+    extra = {size: r['extra_val'] for size, r in matched.items() if r.get('extra_val') is not None}
+    return dict(seed=growth['seed'], growth=growth['val'], budget=growth['budget'], growth_extra=growth.get('extra_val'),
+                same=matched[growth['size']]['val'], envelope=at_budget['growth'],
+                speedup_envelope=(env_flops / growth['flops'], env_bound),
+                speedup_same=(same_flops / growth['flops'], same_bound), hull=hull, best=best,
+                extra_best=min(extra.items(), key=lambda kv: kv[1]) if extra else None)
+
+
+def is_win(speedup):
+    """A speedup above 1, measured or a lower bound: the same envelope gives the speedup and the win."""
+    value, bound = speedup
+    return value > 1 and bound != '<'
+
+
+def median_speedup(speedups):
+    """The median of (value, bound) pairs, bound '' unless a middle one is a bound."""
+    ordered = sorted(speedups)
+    middle = ordered[(len(ordered) - 1) // 2:len(ordered) // 2 + 1]
+    return statistics.fmean(v for v, _ in middle), next((b for _, b in middle if b), '')
+
+
+def bootstrap_ci90(values, resamples=10_000, seed=0):
+    """The 5th and 95th percentiles of the median of seeds resampled with replacement (a fixed rng)."""
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(np.asarray(values), size=(resamples, len(values)), replace=True), axis=1)
+    return float(np.percentile(medians, 5)), float(np.percentile(medians, 95))
+
+
+def shown(speedup, digits=2):
+    value, bound = speedup
+    return f"{bound}{value:.{digits}f}"
+
+
+def write_report(records, report):
+    """REPORT.md, REPORT.png and the summary line, from results.jsonl's records alone."""
+    growths = sorted((r for r in records if r['arm'] == 'growth'), key=lambda r: r['seed'])
+    statics = [r for r in records if r['arm'] == 'static']
+    seeds = [g['seed'] for g in growths]
+    rows = [compare(g, [r for r in statics if r['seed'] == g['seed']]) for g in growths]
+    extras = [g.get('extra_val') for g in growths]
+    median_growth = dict(growths[0], seed='pooled', val=statistics.median(g['val'] for g in growths),
+                         budget=statistics.median(g['budget'] for g in growths),
+                         flops=statistics.median(g['flops'] for g in growths),
+                         extra_val=statistics.median(extras) if None not in extras else None)
+    pooled = compare(median_growth, pooled_statics(statics, seeds))
+    env_speedups = [r['speedup_envelope'] for r in rows]
+    ci_low, ci_high = bootstrap_ci90([v for v, _ in env_speedups])
     median = statistics.median
-    summary = (f"speedup_envelope_median={median(r['speedup_envelope'] for r in rows):.3f} "
-               f"speedup_same_size_median={median(r['speedup_same'] for r in rows):.3f} "
+    first, f_ref = growths[0], growths[0]['f_ref']
+    table_lrs = {r['size']: r.get('table_lr', r['lr']) for r in statics}
+    factors = sorted({round(r['lr'] / table_lrs[r['size']], 6) for r in statics})
+    batches = sorted({r.get('eval_batches') for r in records}, key=str)
+
+    lines = [f"# growth vs the static envelope at matched compute: {first.get('config', '?')} + {first.get('recipe', '?')}",
+             '', f"seeds {','.join(map(str, seeds))}; overrides {first.get('overrides') or 'none'}; F_ref = {f_ref:.3e} "
+             f"training FLOPs; final eval on {', '.join(map(str, batches))} batches (the figure of every table); static "
+             f"budgets {','.join(f'{b:g}' for b in sorted({r['budget'] for r in statics if not r.get('at_growth_budget')}))} "
+             f"x F_ref and each growth run's budget; each size at its table lr times {', '.join(f'{f:g}' for f in factors)} "
+             f"(the best per size, budget and seed): " + ', '.join(
+                 f"{size} (lr {table:g})" for size, table in table_lrs.items()) + '.', '',
+             *[line for source in dict.fromkeys(r['source'] for r in records if 'source' in r)
+               for line in (f"raw results: {source}", '')],
+             "| seed | growth budget (x F_ref) | growth final val | same size, same budget | envelope, same budget "
+             "(size, lr) | speedup vs envelope | speedup vs same size | other text: growth | other text: best static, "
+             "same budget (size) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows + [pooled]:
+        env = r['envelope']
+        extra = (f"{r['growth_extra']:.4f}" if r['growth_extra'] is not None else '-',
+                 f"{r['extra_best'][1]:.4f} ({r['extra_best'][0]})" if r['extra_best'] else '-')
+        lines.append(f"| {r['seed']} | {r['budget']:.3f} | {r['growth']:.4f} | {r['same']:.4f} | {env['val']:.4f} "
+                     f"({env['size']}, {env['lr']:g}) | {shown(r['speedup_envelope'])} | {shown(r['speedup_same'])} | "
+                     f"{extra[0]} | {extra[1]} |")
+    bounds = sum(bool(b) for _, b in env_speedups)
+    lines += ['', "pooled: each static size, budget and lr averaged over the seeds, the best lr per size and budget, "
+              "the hull through the best size at each budget; growth: the seeds' median final val and budget. "
+              f"The median of the per-seed speedups vs the envelope has a 90% interval of {ci_low:.2f} to {ci_high:.2f} "
+              "(bootstrap over seeds: 10000 resamples with replacement, rng seed 0, 5th and 95th percentiles). "
+              "A win is a speedup above 1 on the envelope that gives it."
+              + (f" {bounds} of {len(rows)} seeds' speedups vs the envelope are bounds ('>': the growth run ends "
+                 "below every static run, '<': above every one): a larger or smaller rung is needed to measure them."
+                 if bounds else ''), '',
+              "the pooled envelope (bold: on the hull):", '', "| budget (x F_ref) | best size (lr) | val |", "|---|---|---|"]
+    at_budget, hull = envelope(pooled['best'])
+    for key, r in sorted(at_budget.items(), key=lambda kv: kv[1]['flops']):
+        cell = f"{r['val']:.4f}"
+        lines.append(f"| {r['budget']:.3f}{' (growth)' if key == 'growth' else ''} | {r['size']} ({r['lr']:g}) | "
+                     + (f"**{cell}**" if any(math.isclose(f, r['flops']) and v == r['val'] for f, v in hull) else cell)
+                     + " |")
+    lines += ['', *size_table(statics)]
+    extras = [(r['growth_extra'], r['extra_best']) for r in rows if r['growth_extra'] is not None and r['extra_best']]
+    summary = (f"speedup_envelope_median={shown(median_speedup(env_speedups), 3)} "
+               f"speedup_same_size_median={shown(median_speedup([r['speedup_same'] for r in rows]), 3)} "
                f"budget_ratio_median={median(r['budget'] for r in rows):.3f} "
                f"growth_val_median={median(r['growth'] for r in rows):.4f} "
-               f"envelope_wins={sum(r['growth'] < r['envelope'] for r in rows)}/{len(rows)} "
-               f"same_size_wins={sum(r['growth'] < r['same'] for r in rows)}/{len(rows)}")
+               f"envelope_wins={sum(is_win(r['speedup_envelope']) for r in rows)}/{len(rows)} "
+               f"same_size_wins={sum(is_win(r['speedup_same']) for r in rows)}/{len(rows)} "
+               f"speedup_envelope_pooled={shown(pooled['speedup_envelope'], 3)} ci90={ci_low:.3f}..{ci_high:.3f} "
+               f"seeds={','.join(map(str, seeds))}"
+               + (f" other_text_wins={sum(g < best[1] for g, best in extras)}/{len(extras)}" if extras else ''))
     lines += ['', f"medians: {summary}"]
-    os.makedirs(os.path.dirname(args.report) or '.', exist_ok=True)
-    with open(args.report + '.md', 'w') as f:
+    os.makedirs(os.path.dirname(report) or '.', exist_ok=True)
+    with open(report + '.md', 'w') as f:
         f.write('\n'.join(lines) + '\n')
-    plot(results, static, sizes, rows, labels, growth_name, f_ref, args.report + '.png')
+    plot(rows + [pooled], f_ref, first.get('recipe', 'growth'), report + '.png')
     print('\n'.join(lines))
-    print(f"wrote {args.report}.md and {args.report}.png")
+    print(f"wrote {report}.md and {report}.png")
     print(summary)
 
 
-def size_table(results, static, sizes, seeds, labels):
-    """Each static size's final val at each budget (labels: 'x0.5'.. and the growth budget), the
-    envelope there in bold: markdown lines."""
-    heads = [f"{label[1:]} x F_ref" if label.startswith('x') else 'growth budget' for label in labels]
-    lines = ["each static size's final val at each budget (bold: the envelope there):", '',
-             "| seed | size | " + ' | '.join(heads) + " |", "|---|---|" + '---|' * len(labels)]
-    for seed in seeds:
-        vals = {(s['name'], label): final_val(best_of(results, static[(s['name'], label, seed)])[1])
-                for s in sizes for label in labels}
-        lowest = {label: min(vals[s['name'], label] for s in sizes) for label in labels}
-        for s in sizes:
-            lines.append(f"| {seed} | {s['name']} | " + ' | '.join(
-                f"**{vals[s['name'], label]:.4f}**" if vals[s['name'], label] == lowest[label]
-                else f"{vals[s['name'], label]:.4f}" for label in labels) + " |")
+def size_table(statics):
+    """Each static size's final val at each budget, at its best lr (in brackets where more than one lr
+    ran), per seed; the envelope there in bold: markdown lines."""
+    keys = sorted({budget_key(r) for r in statics}, key=lambda k: (k == 'growth', k if k != 'growth' else 0))
+    several_lrs = len({(r['lr'], r['size']) for r in statics}) > len({r['size'] for r in statics})
+    heads = [f"{k:g} x F_ref" if k != 'growth' else 'growth budget' for k in keys]
+    lines = ["each static size's final val at each budget" + (" (its best lr)" if several_lrs else '')
+             + " (bold: the envelope there):", '', "| seed | size | " + ' | '.join(heads) + " |",
+             "|---|---|" + '---|' * len(keys)]
+    for seed in sorted({r['seed'] for r in statics}):
+        best = best_static([r for r in statics if r['seed'] == seed])
+        lowest = {k: min(r['val'] for (_, key), r in best.items() if key == k) for k in keys}
+        for size in dict.fromkeys(r['size'] for r in statics):
+            cells = []
+            for k in keys:
+                r = best[size, k]
+                cell = f"{r['val']:.4f}" + (f" ({r['lr']:g})" if several_lrs else '')
+                cells.append(f"**{cell}**" if r['val'] == lowest[k] else cell)
+            lines.append(f"| {seed} | {size} | " + ' | '.join(cells) + " |")
     return lines
 
 
@@ -458,39 +734,32 @@ def lr_sweep(args, sizes, setting, overrides, seed, iters_at, f_ref):
               + f"; best lr {min(vals, key=vals.get):g}")
 
 
-def plot(results, static, sizes, rows, labels, growth_name, f_ref, path):
-    """Per seed: val loss against training FLOPs (log x); each static size's final vals through its
-    budgets, the envelope (lower hull) thick, the growth run's curve with its operations."""
+def plot(rows, f_ref, recipe, path):
+    """Per seed and pooled: each static size's final val (at its best lr) against training FLOPs (log x),
+    the envelope thick (the lower hull through the best size at each budget: no vertical segment where
+    sizes' FLOPs differ by a rounded iter), the growth run's final val a star."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(rows), figsize=(7 * len(rows), 5.5), squeeze=False)
     for ax, row in zip(axes[0], rows):
-        seed = row['seed']
-        finals = []
-        for size in sizes:
-            points = sorted((final_flops(r) / f_ref, final_val(r)) for r in (
-                best_of(results, static[(size['name'], label, seed)])[1] for label in labels))
-            finals += [v for _, v in points]
-            ax.plot(*zip(*points), marker='o', linewidth=1, alpha=0.8, label=f"static {size['name']} (lr {size['lr']:g})")
+        by_size = {}
+        for (size, _), r in row['best'].items():
+            by_size.setdefault(size, []).append((r['flops'] / f_ref, r['val']))
+        for size, points in by_size.items():
+            ax.plot(*zip(*sorted(points)), marker='o', linewidth=1, alpha=0.8, label=f"static {size}")
         ax.plot([f / f_ref for f, _ in row['hull']], [v for _, v in row['hull']], color='black', linewidth=3,
                 alpha=0.6, label='static envelope (lower hull)')
-        evals, ops = results[f"growth-{growth_name}-seed{seed}"]
-        ax.plot([e['flops'] / f_ref for e in evals[1:]], [e['val_loss'] for e in evals[1:]], color='tab:red',
-                label=f"growth: {growth_name}")
-        ax.plot([evals[-1]['flops'] / f_ref], [evals[-1]['val_loss']], color='tab:red', marker='*', markersize=14)
-        flops_at = {e['iter']: e['flops'] for e in evals}
-        for op in ops:
-            x = max(flops_at[op['iter']], evals[1]['flops']) / f_ref
-            ax.axvline(x, color='tab:red', linestyle=':', alpha=0.5)
-            ax.annotate(op['name'], (x, op['val_loss_before']), rotation=90, fontsize=7, color='tab:red',
-                        xytext=(2, 8), textcoords='offset points')
+        ax.plot([row['budget']], [row['growth']], color='tab:red', marker='*', markersize=14, linestyle='',
+                label=f"growth: {recipe}")
+        finals = [v for points in by_size.values() for _, v in points] + [row['growth']]
         ax.set_xscale('log')
-        ax.set_ylim(min(finals) - 0.05, max(finals) + 0.3)
+        ax.set_ylim(min(finals) - 0.05, max(finals) + 0.05)
         ax.set_xlabel('training FLOPs / F_ref (log)')
-        ax.set_ylabel('val loss (fixed eval batches)')
-        ax.set_title(f"seed {seed}: speedup vs envelope {row['speedup_envelope']:.2f}, vs same size {row['speedup_same']:.2f}")
+        ax.set_ylabel('final val loss (fixed eval batches)')
+        ax.set_title(f"{'seed ' if row['seed'] != 'pooled' else ''}{row['seed']}: speedup vs envelope "
+                     f"{shown(row['speedup_envelope'])}, vs same size {shown(row['speedup_same'])}")
         ax.grid(alpha=0.3, which='both')
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -43,6 +43,8 @@ eval_interval = 2000
 log_interval = 1
 eval_iters = 200
 eval_only = False  # if True, evaluate the model (on a resume: the checkpoint's), print the losses and exit; writes nothing
+final_eval_iters = 0  # > 0: when the run ends at max_iters, val scored once more on this many fixed batches (event final_eval)
+final_eval_extra = ''  # a data folder with val.bin (same vocabulary) that the final eval scores too, e.g. text of another kind
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
 init_from = 'scratch'  # 'scratch', 'resume', or GPT-2 weights: 'gpt2'..'gpt2-xl' or a Hugging Face GPT-2 folder
 overwrite = False  # a new run (not a resume) may replace the run it finds in out_dir (ckpt.pt, events.jsonl)
@@ -1235,6 +1237,66 @@ def estimate_loss(eval_model, ctx, rank, ddp, splits=('train', 'val')):
     return out
 
 
+def final_eval_windows(n_tokens, n_windows):
+    """Start offsets of the final eval's windows: evenly spaced from the start of the split to its last
+    full window, so that they cover all of it, and the same for every run (no rng)."""
+    return [i * (n_tokens - block_size - 1) // n_windows for i in range(n_windows)]
+
+
+@torch.no_grad()
+def final_eval_loss(folder):
+    """Mean loss over final_eval_iters batches of folder's val.bin: batch k holds the windows k*B .. k*B+B-1
+    of final_eval_windows (B = batch_size); DDP ranks take every world_size-th batch and add up."""
+    data = np.memmap(os.path.join(folder, 'val.bin'), dtype=np.uint16, mode='r')
+    starts = final_eval_windows(len(data), final_eval_iters * batch_size)
+    total = torch.zeros((), device=device)
+    eval_model.eval()
+    for k in range(ddp_rank, final_eval_iters, ddp_world_size):
+        ix = starts[k * batch_size:(k + 1) * batch_size]
+        x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix]).to(device)
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix]).to(device)
+        with ctx:
+            _, loss = eval_model(x, y)
+        total += loss.float()
+    if ddp:
+        dist.all_reduce(total)
+    eval_model.train()
+    return total.item() / final_eval_iters
+
+
+def final_eval(log_event):
+    """The figure a report reads: val (and final_eval_extra's val.bin) on final_eval_iters fixed batches."""
+    val = final_eval_loss(data_path())
+    extra = dict(extra_val_loss=final_eval_loss(final_eval_extra), extra_data=final_eval_extra) if final_eval_extra else {}
+    if master_process:
+        print(f"final eval ({final_eval_iters} batches): val {val:.4f}"
+              + (f", {final_eval_extra} {extra['extra_val_loss']:.4f}" if extra else ''))
+        log_event(dict(event='final_eval', iter=progress['iter_num'], val_loss=val, batches=final_eval_iters, **extra,
+                       flops=progress['flops']))
+
+
+def check_final_eval(meta):
+    """final_eval_iters >= 0; final_eval_extra a folder with val.bin and a meta.pkl of the training data's
+    vocabulary (vocab_size, tokenizer and, for char data, the same characters)."""
+    if final_eval_iters < 0:
+        raise UserError(f"final_eval_iters: expected an integer >= 0 (0 = no final eval), got {final_eval_iters}")
+    if not final_eval_extra:
+        return
+    for name in ('val.bin', 'meta.pkl'):
+        if not os.path.isfile(os.path.join(final_eval_extra, name)):
+            raise UserError(f"final_eval_extra: {os.path.join(final_eval_extra, name)} not found")
+    with open(os.path.join(final_eval_extra, 'meta.pkl'), 'rb') as f:
+        extra_meta = pickle.load(f)
+    if any(extra_meta.get(k) != meta.get(k) for k in ('vocab_size', 'tokenizer', 'itos')):
+        raise UserError(f"final_eval_extra: {os.path.join(final_eval_extra, 'meta.pkl')} is not the training data's "
+                        f"vocabulary (vocab_size {extra_meta.get('vocab_size')} against {meta['vocab_size']}, tokenizer "
+                        f"{extra_meta.get('tokenizer')!r} against {meta.get('tokenizer')!r}): prepare it as the "
+                        f"training data was")
+    if os.path.getsize(os.path.join(final_eval_extra, 'val.bin')) // 2 <= block_size:
+        raise UserError(f"final_eval_extra: {os.path.join(final_eval_extra, 'val.bin')} has fewer than "
+                        f"block_size+1 ({block_size + 1}) tokens")
+
+
 def eval_flops(n_splits=2):
     """Flops of one estimate_loss call over n_splits splits, all ranks together."""
     forwards = n_splits * effective_eval_iters() * ddp_world_size
@@ -1274,11 +1336,11 @@ def set_rng_state(state, generator):
 
 def kept_on_resume(line, keep_through_iter):
     """Whether a run resumed at keep_through_iter keeps this events.jsonl line: an event up to that iter,
-    not a line torn by a crash mid-write, nor the summary of the run that stopped there (the resumed run
-    ends with its own)."""
+    not a line torn by a crash mid-write, nor the summary or final eval of the run that stopped there (the
+    resumed run ends with its own)."""
     try:
         event = json.loads(line)
-        return event['iter'] <= keep_through_iter and event['event'] != 'summary'
+        return event['iter'] <= keep_through_iter and event['event'] not in ('summary', 'final_eval')
     except (json.JSONDecodeError, KeyError, TypeError):
         return False
 
@@ -1509,6 +1571,7 @@ def check_inputs():
     if wandb_log and master_process and not (dry_run or eval_only):
         check_wandb()
     meta = check_data()
+    check_final_eval(meta)
     checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt')) if init_from == 'resume' else None
     if checkpoint is None:
         model_config = model_config_from_globals(meta['vocab_size']) if init_from == 'scratch' else \
@@ -1976,6 +2039,8 @@ def main(config):
         progress['iter_num'] += 1
         local_iter_num += 1
 
+    if final_eval_iters and progress['iter_num'] >= max_iters:
+        final_eval(log_event)
     if master_process and progress['iter_num'] >= max_iters:
         print_summary(log_event, clock.elapsed(time.time()))
     end_distributed()

@@ -3,17 +3,20 @@ against a separate run of its budget (bit for bit), the benchmark end to end on 
 two static sizes, the lr sweep, a bad sizes table, and plot_run.py on its runs."""
 
 import argparse
+import json
 import math
 import os
+import pickle
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import bench_growth
 from bench_growth import (comparable, compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args,
                           wsd_branches)
-from helpers import REPO, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
+from helpers import REPO, SHAKESPEARE, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
 
 TINY_SETTING = ['data_dir={data}', 'max_iters=60', 'eval_interval=20', 'eval_iters=2', 'n_embd=32', 'n_head=2',
                 'n_hidden=32', 'block_size=32', 'batch_size=4', 'log_interval=100', 'warmup_iters=5',
@@ -30,16 +33,32 @@ def evals_of(folder):
     return [e for e in read_events(folder) if e['event'] == 'eval']
 
 
+def final_eval_of(folder):
+    """The run's own final eval (a cooldown branch also holds its stable segment's, at an earlier iter)."""
+    events = read_events(folder)
+    finals = [e for e in events if e['event'] == 'final_eval']
+    assert finals[-1]['iter'] == evals_of(folder)[-1]['iter']
+    return finals[-1]
+
+
 def test_compute_equivalent_interpolates_in_log_flops():
     points = [(1e12, 2.0), (2e12, 1.8), (4e12, 1.7)]
-    assert compute_equivalent(points, 1.8) == (pytest.approx(2e12), False)
-    flops, extrapolated = compute_equivalent(points, 1.75)  # half way between 2e12 and 4e12 in log
-    assert flops == pytest.approx(math.sqrt(2e12 * 4e12)) and not extrapolated
-    flops, extrapolated = compute_equivalent(points, 1.6)  # beyond the best: the last segment, extended
-    assert flops == pytest.approx(8e12) and extrapolated
-    flops, extrapolated = compute_equivalent(points, 2.2)  # worse than the smallest budget
-    assert flops == pytest.approx(0.5e12) and extrapolated
-    assert math.isnan(compute_equivalent([(1e12, 2.0)], 1.9)[0])
+    assert compute_equivalent(points, 1.8) == (pytest.approx(2e12), '')
+    flops, bound = compute_equivalent(points, 1.75)  # half way between 2e12 and 4e12 in log
+    assert flops == pytest.approx(math.sqrt(2e12 * 4e12)) and bound == ''
+    # beyond the measured range no line is extended: the FLOPs of the run it passes are a bound
+    assert compute_equivalent(points, 1.6) == (4e12, '>')  # below every point: more than the lowest one's
+    assert compute_equivalent(points, 2.2) == (1e12, '<')  # above every point: less than the smallest budget
+    assert math.isnan(compute_equivalent([], 1.9)[0])
+
+
+def test_no_speedup_is_extrapolated_from_two_close_points():
+    """issue 23: two points at 1.0 and 1.0001 x F_ref (losses 1.6227, 1.6228) turned a growth run 0.037
+    below every static run into a speedup of 0.96 by extending the line through them."""
+    f_ref = 2.054e13
+    points = [(0.5 * f_ref, 1.6609), (1.0 * f_ref, 1.6227), (1.0001 * f_ref, 1.6228)]
+    flops, bound = compute_equivalent(points, 1.6227 - 0.037)
+    assert (flops / f_ref, bound) == (1.0, '>')  # a speedup above 1.00 at 1.0 x F_ref: more is not measured
 
 
 def test_lower_hull_is_the_falling_convex_envelope():
@@ -48,19 +67,19 @@ def test_lower_hull_is_the_falling_convex_envelope():
     hull = lower_hull(small + large)
     # (2e12, 1.9) lies above the line from (1e12, 2.0) to (4e12, 1.6) (1.8 there), so it is not on the hull
     assert hull == [(pytest.approx(1e12), 2.0), (pytest.approx(4e12), 1.6)]
-    assert compute_equivalent(hull, 1.8) == (pytest.approx(2e12), False)
+    assert compute_equivalent(hull, 1.8) == (pytest.approx(2e12), '')
     # collinear points and a single lowest point
     assert lower_hull([(1.0, 3.0), (math.e, 2.0), (math.e ** 2, 1.0)]) == [
         (pytest.approx(1.0), 3.0), (pytest.approx(math.e ** 2), 1.0)]
     assert lower_hull([(1e12, 1.5), (2e12, 1.7)]) == [(pytest.approx(1e12), 1.5)]
 
 
-def test_a_point_given_twice_still_extrapolates():
-    """The 1.0 x F_ref recipe's budget is the ladder's 1.0 run: its same-size points held that run twice,
-    and the extrapolation below them divided by zero (speedup vs same size nan)."""
+def test_a_point_given_twice_counts_once():
+    """The 1.0 x F_ref recipe's budget is the ladder's 1.0 run: its same-size points held that run twice
+    (the line through them divided by zero: speedup vs same size nan)."""
     points = [(1.0, 3.0), (math.e, 2.0)]
-    assert compute_equivalent(points + [(math.e, 2.0)], 1.5) == compute_equivalent(points, 1.5)
-    assert compute_equivalent(points + [(math.e, 2.0)], 1.5) == (pytest.approx(math.e ** 1.5), True)
+    assert compute_equivalent(points + [(math.e, 2.0)], 2.5) == compute_equivalent(points, 2.5)
+    assert compute_equivalent(points + [(math.e, 2.0)], 2.5) == (pytest.approx(math.e ** 0.5), '')
 
 
 def test_budgets_of_the_same_iters_share_one_branch():
@@ -142,7 +161,7 @@ def tiny_bench(tmp_path, sizes_rows, extra=()):
     sets = [arg for kv in TINY_SETTING for arg in ('--set', kv.format(data=data))]
     return ['bench_growth.py', '--config=config/train_shakespeare_char_cpu_growth.py', f'--schedule={schedule}',
             f'--sizes={sizes}', '--seeds=1', '--ladder=0.5,1.5', '--ref_iters=40', f'--out_dir={out}',
-            f'--report={report}', *sets, *extra], out, report
+            f'--report={report}', '--lr_factors=1', '--final_eval_iters=3', '--add_rungs=0', *sets, *extra], out, report
 
 
 SIZES = "- {name: small, n_layer: 1, n_hidden: 32, learning_rate: 0.003}\n- {n_layer: 2, learning_rate: 0.001}\n"
@@ -174,7 +193,7 @@ def test_bench_growth_tiny(tmp_path):
             # each size with its own lr, its own complete wsd schedule, resumed from its stable phase
             assert {(e['n_layer'], e['n_hidden']) for e in evals} == {(size['n_layer'], size['n_hidden'])}
             assert evals[-1]['iter'] == evals[-1]['lr_decay_iters'] and evals[1]['lr'] == size['lr']
-            final[name, label] = (evals[-1]['flops'], evals[-1]['val_loss'])
+            final[name, label] = (evals[-1]['flops'], final_eval_of(out / f'static-{name}-wsd-seed1-{label}')['val_loss'])
             per_iter[name] = evals[-1]['flops'] / evals[-1]['iter']
     f_ref = 40 * per_iter['2x32-mlp64']
     assert final['2x32-mlp64', 'x0.5'][0] == pytest.approx(f_ref / 2)
@@ -182,31 +201,45 @@ def test_bench_growth_tiny(tmp_path):
     for name in sizes:  # every size at the growth run's budget, to the nearest iter
         assert abs(final[name, 'matched-grow'][0] - growth[-1]['flops']) <= per_iter[name] / 2
 
-    # the table's row, recomputed from the event logs
-    growth_val, budget = growth[-1]['val_loss'], growth[-1]['flops']
-    hull = lower_hull(list(final.values()))
-    env_flops, env_extrapolated = compute_equivalent(hull, growth_val)
+    # the table's row, recomputed from the event logs: the final evals' vals, the hull through the best
+    # size at each budget, no line extended past the measured range
+    growth_val, budget = final_eval_of(out / 'growth-grow-seed1')['val_loss'], growth[-1]['flops']
+    labels = ('x0.5', 'x1.5', 'matched-grow')
+    best_size = {label: min(sizes, key=lambda n: final[n, label][1]) for label in labels}
+    hull = lower_hull([final[best_size[label], label] for label in labels])
+    env_flops, env_bound = compute_equivalent(hull, growth_val)
     same = sorted(v for (name, _), v in final.items() if name == '2x32-mlp64')
-    same_flops, same_extrapolated = compute_equivalent(same, growth_val)
-    envelope_size = min(sizes, key=lambda n: final[n, 'matched-grow'][1])
+    same_flops, same_bound = compute_equivalent(same, growth_val)
+    envelope_size = best_size['matched-grow']
     envelope_val = final[envelope_size, 'matched-grow'][1]
     table = report.with_suffix('.md').read_text()
     row = next(line for line in table.splitlines() if re.match(r'\| 1 \| \d+\.\d{3} \|', line))
     cells = [c.strip() for c in row.strip('|').split('|')]
     assert cells[1] == f"{budget / f_ref:.3f}" and cells[2] == f"{growth_val:.4f}"
     assert cells[3] == f"{final['2x32-mlp64', 'matched-grow'][1]:.4f}"
-    assert cells[4] == f"{envelope_val:.4f} ({envelope_size})"
-    assert cells[5] == f"{env_flops / budget:.2f}" + (' (extrapolated)' if env_extrapolated else '')
-    assert cells[6] == f"{same_flops / budget:.2f}" + (' (extrapolated)' if same_extrapolated else '')
+    assert cells[4] == f"{envelope_val:.4f} ({envelope_size}, {sizes[envelope_size]['lr']:g})"
+    assert cells[5] == f"{env_bound}{env_flops / budget:.2f}"
+    assert cells[6] == f"{same_bound}{same_flops / budget:.2f}"
     size_row = next(line for line in table.splitlines() if line.startswith('| 1 | small |'))
     assert [c.strip().strip('*') for c in size_row.strip('|').split('|')][2:] == [
-        f"{final['small', label][1]:.4f}" for label in ('x0.5', 'x1.5', 'matched-grow')]
-    env_wins = int(growth_val < envelope_val)
-    same_wins = int(growth_val < final['2x32-mlp64', 'matched-grow'][1])
+        f"{final['small', label][1]:.4f}" for label in labels]
+    env_wins = int(env_flops / budget > 1 and env_bound != '<')
+    same_wins = int(same_flops / budget > 1 and same_bound != '<')
     assert stdout.strip().splitlines()[-1] == (
-        f"speedup_envelope_median={env_flops / budget:.3f} speedup_same_size_median={same_flops / budget:.3f} "
+        f"speedup_envelope_median={env_bound}{env_flops / budget:.3f} "
+        f"speedup_same_size_median={same_bound}{same_flops / budget:.3f} "
         f"budget_ratio_median={budget / f_ref:.3f} growth_val_median={growth_val:.4f} "
-        f"envelope_wins={env_wins}/1 same_size_wins={same_wins}/1")
+        f"envelope_wins={env_wins}/1 same_size_wins={same_wins}/1 "
+        f"speedup_envelope_pooled={env_bound}{env_flops / budget:.3f} "
+        f"ci90={env_flops / budget:.3f}..{env_flops / budget:.3f} seeds=1")
+    # the raw results: one line per run, the final eval's figures; the report rebuilt from them alone
+    results = [json.loads(line) for line in open(f"{report}.results.jsonl")]
+    assert len(results) == 7 and {(r['eval_batches'], r['extra_val']) for r in results} == {(3, None)}
+    assert {(r['size'], r['budget']): r['val'] for r in results if r['arm'] == 'static' and not r['at_growth_budget']} \
+        == {(name, float(label[1:])): final[name, label][1] for name in sizes for label in ('x0.5', 'x1.5')}
+    rebuilt = run(['bench_growth.py', f'--report_from={report}.results.jsonl', f'--report={tmp_path / "rebuilt"}'])
+    assert rebuilt.strip().splitlines()[-1] == stdout.strip().splitlines()[-1]
+    assert (tmp_path / 'rebuilt.md').read_text() == table
     assert report.with_suffix('.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
     # --reuse: nothing runs again, the same report comes out
@@ -242,7 +275,7 @@ def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
     for name, lr in (('small', 0.0015), ('small', 0.006), ('2x32-mlp64', 0.0005), ('2x32-mlp64', 0.002)):
         evals = evals_of(out / f'sweep-{name}-lr{lr:g}-x1-seed1')
         assert evals[1]['lr'] == lr and evals[-1]['lr'] == pytest.approx(lr / 10)
-        vals[name, lr] = evals[-1]['val_loss']
+        vals[name, lr] = final_eval_of(out / f'sweep-{name}-lr{lr:g}-x1-seed1')['val_loss']  # the figure it prints
     assert lines[-3] == "final val at 1 x F_ref (wsd, seed 1), by peak lr:"
     best = min((0.0015, 0.006), key=lambda lr: vals['small', lr])
     assert lines[-2] == (f"small: lr 0.0015: {vals['small', 0.0015]:.4f}, lr 0.006: {vals['small', 0.006]:.4f}; "
@@ -255,14 +288,32 @@ def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
     ("- {n_layer: 2, learning_rate: 0.001, depth: 3}\n", "entry 0: expected a mapping of"),
     ("- {n_layer: 3, learning_rate: 0.001}\n", "no size has the schedule's final architecture"),
     ("- {n_layer: 2, learning_rate: 0.001}\n- {n_layer: 2, learning_rate: 0.002}\n", "two sizes share a name"),
+    ("- {n_layer: [2\n", "not YAML"),
 ])
 @pytest.mark.slow
 def test_a_bad_sizes_table_is_one_line(tmp_path, rows, message):
     command, _, _ = tiny_bench(tmp_path, rows)
     result = run_script(command, timeout=120)
-    assert result.returncode == 1 and 'train.py' not in result.stdout
+    assert result.returncode == 2 and 'train.py' not in result.stdout
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
-    assert str(tmp_path / 'sizes.yaml') in result.stderr
+    assert result.stderr.startswith(f"error: --sizes: {tmp_path / 'sizes.yaml'}: ")
+
+
+@pytest.mark.parametrize('option, message', [
+    ('--config=config/nothing.py', "error: config file not found: config/nothing.py"),
+    ('--sizes={tmp}/nothing.yaml', "error: --sizes: {tmp}/nothing.yaml: No such file or directory"),
+    ('--ladder=0.5,one', "error: --ladder: expected comma-separated numbers, got '0.5,one'"),
+    ('--ladder=0.5,-1', "error: --ladder: expected numbers > 0, got '0.5,-1'"),
+    ('--seeds=1,b', "error: --seeds: expected comma-separated integers, got '1,b'"),
+    ('--report_from={tmp}/nothing.jsonl', "error: --report_from: {tmp}/nothing.jsonl not found"),
+])
+@pytest.mark.slow
+def test_a_bad_option_is_one_line(tmp_path, option, message):
+    """issue 21: a bad --config, --sizes or --ladder gave a traceback."""
+    command, out, _ = tiny_bench(tmp_path, SIZES, [option.format(tmp=tmp_path)])
+    result = run_script(command, timeout=120)
+    assert (result.returncode, result.stderr) == (2, message.format(tmp=tmp_path) + '\n')
+    assert not out.exists()
 
 
 @pytest.mark.slow
@@ -291,3 +342,116 @@ def test_the_shipped_gutenberg_sizes_surround_the_growth_recipes_final_model():
     layers = [s['arch']['n_layer'] for s in sizes]
     assert min(layers) < 4 < max(layers) and final in [s['arch'] for s in sizes]
     assert all(s['min_lr'] == pytest.approx(s['lr'] / 10) for s in sizes)
+
+
+def synthetic_results(path, growth_vals, seeds=(1, 2, 3)):
+    """A results.jsonl by hand, F_ref 1e12: size B on the line val = 1.9 - 0.1 log2(budget) at its table lr
+    (0.002), 0.05 above it at twice that; size A (the growth run's final size) above B; at the growth
+    budget 0.7 both above B's line (B 2.0, A 2.1). Each seed the same statics, its own growth val."""
+    def static(size, seed, budget, lr, val, extra=None, matched=False):
+        return dict(arm='static', size=size, seed=seed, budget=budget, lr=lr, table_lr=0.002, schedule='wsd',
+                    at_growth_budget=matched, flops=budget * 1e12, val=val, extra_val=extra, eval_batches=500,
+                    f_ref=1e12)
+    records = []
+    for seed, val in zip(seeds, growth_vals):
+        records.append(dict(arm='growth', recipe='grow', config='c.py', overrides='', size='A', seed=seed,
+                            budget=0.7, lr=0.002, flops=0.7e12, val=val, extra_val=2.4 + 0.1 * (seed % 3),
+                            eval_batches=500, f_ref=1e12))
+        for budget in (0.5, 1.0, 2.0):
+            records.append(static('B', seed, budget, 0.002, 1.9 - 0.1 * math.log2(budget)))
+            records.append(static('B', seed, budget, 0.004, 1.95 - 0.1 * math.log2(budget)))
+            records.append(static('A', seed, budget, 0.002, {0.5: 2.2, 1.0: 2.0, 2.0: 1.85}[budget]))
+        records.append(static('B', seed, 0.7, 0.002, 2.0, extra=2.55, matched=True))
+        records.append(static('A', seed, 0.7, 0.002, 2.1, extra=2.45, matched=True))
+    path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    return path
+
+
+def growth_val_at(speedup):
+    """The growth val (budget 0.7) whose envelope speedup is `speedup` on B's line."""
+    return 1.9 - 0.1 * math.log2(0.7 * speedup)
+
+
+@pytest.mark.slow
+def test_the_report_from_raw_results(tmp_path):
+    """Per-seed speedups 1.2, 1.5, 0.9 on the hull; the seed at 0.9 beats the best static run at its budget
+    (B, 2.0: the hull passes below it), which the old envelope_wins counted as a win. The bootstrap's
+    median of three seeds is one of them: 0.9 with probability 7/27 (two or three draws of it), 1.5 too,
+    so the 5th and 95th percentiles are 0.9 and 1.5."""
+    results = synthetic_results(tmp_path / 'bench.results.jsonl', [growth_val_at(s) for s in (1.2, 1.5, 0.9)])
+    stdout = run(['bench_growth.py', f'--report_from={results}'])
+    same = [2 ** ((2.0 - growth_val_at(s)) / 0.15) / 0.7 for s in (1.2, 1.5, 0.9)]  # A between 1.0 and 2.0
+    assert stdout.strip().splitlines()[-1] == (
+        f"speedup_envelope_median=1.200 speedup_same_size_median={sorted(same)[1]:.3f} budget_ratio_median=0.700 "
+        f"growth_val_median={growth_val_at(1.2):.4f} envelope_wins=2/3 same_size_wins=3/3 "
+        f"speedup_envelope_pooled=1.200 ci90=0.900..1.500 seeds=1,2,3 other_text_wins=1/3")
+    table = (tmp_path / 'bench.md').read_text()
+    rows = {line.split('|')[1].strip(): [c.strip() for c in line.strip('|').split('|')]
+            for line in table.splitlines() if re.match(r'\| (\d|pooled) \| 0\.700 \|', line)}
+    assert [rows[seed][5] for seed in ('1', '2', '3', 'pooled')] == ['1.20', '1.50', '0.90', '1.20']
+    assert rows['3'][2:5] == [f"{growth_val_at(0.9):.4f}", '2.1000', '2.0000 (B, 0.002)']
+    assert rows['1'][7:] == ['2.5000', '2.4500 (A)'] and rows['pooled'][7:] == ['2.5000', '2.4500 (A)']
+    assert "| 0.500 | B (0.002) | **2.0000** |\n| 0.700 (growth) | B (0.002) | 2.0000 |" in table
+    assert "| 1 | B | **2.0000 (0.002)** | **1.9000 (0.002)** | **1.8000 (0.002)** | **2.0000 (0.002)** |" in table
+    assert (tmp_path / 'bench.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.slow
+def test_a_growth_run_below_every_static_run_gets_a_bound(tmp_path):
+    """No line is extended past the lowest static run: the speedup is '>' its FLOPs over the growth budget."""
+    results = synthetic_results(tmp_path / 'b.results.jsonl', [1.7, growth_val_at(1.5), 1.75])
+    last = run(['bench_growth.py', f'--report_from={results}', f'--report={tmp_path / "r"}']).strip().splitlines()[-1]
+    assert last.startswith(f"speedup_envelope_median=>{2 / 0.7:.3f} ")
+    assert " envelope_wins=3/3 " in last and f" speedup_envelope_pooled=>{2 / 0.7:.3f} " in last
+    assert "2 of 3 seeds' speedups vs the envelope are bounds" in (tmp_path / 'r.md').read_text()
+
+
+def test_the_envelope_is_the_best_size_at_each_budget():
+    """issue 21: sizes whose FLOPs at one budget differ by a rounded iter put a worse size's point just left
+    of the best one's, and the hull through every point rose to it: a vertical segment in the picture."""
+    def run_at(size, flops, val):
+        return dict(arm='static', size=size, seed=1, budget=0.25 if flops < 0.3e12 else 1.0, lr=0.004,
+                    flops=flops, val=val)
+    statics = [run_at('8x64', 0.2499e12, 2.07), run_at('2x64', 0.25e12, 1.75), run_at('2x64', 1e12, 1.62),
+               run_at('8x64', 1.0001e12, 1.64)]
+    assert lower_hull([(r['flops'], r['val']) for r in statics])[0] == (pytest.approx(0.2499e12), 2.07)
+    at_budget, hull = bench_growth.envelope(bench_growth.best_static(statics))
+    assert {k: r['size'] for k, r in at_budget.items()} == {0.25: '2x64', 1.0: '2x64'}
+    assert hull == [(pytest.approx(0.25e12), 1.75), (pytest.approx(1e12), 1.62)]
+
+
+def write_byte_data(folder, book=os.path.join(REPO, '..', 'shared', 'data', 'gutenberg', 'pg1019.txt')):
+    """A Gutenberg book as UTF-8 bytes (vocab 256, the gutenberg testbed's tokens): train, then val."""
+    text = np.frombuffer(open(book, 'rb').read()[:240_000], dtype=np.uint8).astype(np.uint16)
+    os.makedirs(folder)
+    text[:200_000].tofile(folder / 'train.bin')
+    text[200_000:].tofile(folder / 'val.bin')
+    with open(folder / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': 256, 'tokenizer': 'bytes'}, f)
+
+
+@pytest.mark.slow
+def test_a_rung_is_added_while_growth_ends_below_every_static_run(tmp_path):
+    """Static sizes at a peak lr of 1e-9 (and twice it) learn nothing, so the growth run ends below all of
+    them: the benchmark adds the 1 x F_ref rung to the 0.5 ladder, once (--add_rungs=1). Every final
+    model also scores tiny shakespeare as bytes; without --report the report goes into out_dir."""
+    sizes = "- {name: small, n_layer: 1, n_hidden: 32, learning_rate: 0.000000001}\n" \
+            "- {n_layer: 2, learning_rate: 0.000000001}\n"
+    command, out, _ = tiny_bench(tmp_path, sizes, ['--ladder=0.5', '--add_rungs=1', '--lr_factors=1,2', '--jobs=2',
+                                                   f'--extra_text={SHAKESPEARE}'])
+    write_byte_data(tmp_path / 'bytes')
+    command = [arg.replace(str(tmp_path / 'data'), str(tmp_path / 'bytes')) for arg in command
+               if not arg.startswith(('--report=', '--lr_factors=1', '--add_rungs=0'))] + ['--lr_factors=1,2']
+    stdout = run(command)
+    growth = final_eval_of(out / 'growth-grow-seed1')
+    assert f"bench_growth: growth seed 1 ends below every static run ({growth['val_loss']:.4f}): adding the 1 x F_ref " \
+           "rung" in stdout.splitlines()
+    results = [json.loads(line) for line in open(out / 'report.results.jsonl')]
+    assert sorted((r['size'], r['lr'], r['budget']) for r in results if r['arm'] == 'static'
+                  and not r['at_growth_budget']) == sorted(
+        (size, lr, budget) for size in ('small', '2x32-mlp64') for lr in (1e-9, 2e-9) for budget in (0.5, 1.0))
+    assert (out / 'extra-input' / 'val.bin').read_bytes()[::2] == open(SHAKESPEARE, 'rb').read()
+    assert results[0]['arm'] == 'growth' and results[0]['extra_val'] == growth['extra_val_loss']
+    assert all(r['extra_val'] is not None for r in results)
+    assert (out / 'report.md').is_file() and (out / 'report.png').is_file()
+    assert stdout.strip().splitlines()[-1].endswith(" seeds=1 other_text_wins=1/1")
