@@ -7,7 +7,9 @@
 # $ python data/gutenberg/prepare.py --input ../shared/data/gutenberg
 # $ python train.py config/train_gutenberg_cpu_growth.py
 # $ python bench_growth.py --config=config/train_gutenberg_cpu_growth.py --sizes=config/gutenberg_cpu_sizes.yaml \
-#       --ladder=0.25,0.5,1.0 --ref_iters=12000 --jobs=2 --report=docs/growth_vs_envelope
+#       --ladder=0.25,0.5,1.0,2.0 --ref_iters=12000 --lr_factors=0.5,1,2 --final_eval_iters=500 \
+#       --extra_text=../shared/data/tinyshakespeare/input.txt --jobs=2 --reuse --report=docs/growth_vs_envelope --seeds=11
+# (the instrument of issue 23: one seed per session, docs/growth_recipes.md has the plan and its cost)
 
 exec(open('config/train_gutenberg_cpu.py').read())
 

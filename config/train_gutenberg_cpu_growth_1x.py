@@ -3,7 +3,8 @@
 # with the ladder's own 1.0 x F_ref runs, nothing new to train for the static sizes).
 #
 # $ python bench_growth.py --config=config/train_gutenberg_cpu_growth_1x.py --sizes=config/gutenberg_cpu_sizes.yaml \
-#       --ladder=0.25,0.5,1.0 --ref_iters=12000 --jobs=2 --report=docs/growth_vs_envelope_1x
+#       --ladder=0.25,0.5,1.0,2.0 --ref_iters=12000 --lr_factors=0.5,1,2 --final_eval_iters=500 \
+#       --extra_text=../shared/data/tinyshakespeare/input.txt --jobs=2 --reuse --report=docs/growth_vs_envelope_1x --seeds=11
 
 exec(open('config/train_gutenberg_cpu_growth.py').read())
 
