@@ -59,7 +59,8 @@ def test_train_help(flag):
     keys = listed_keys(result.stdout)
     assert list(keys) == train.config_keys and len(lines) == 2 + len(train.config_keys)
     assert keys['out_dir'] == ("'out'", None)
-    assert keys['eval_only'] == ('False', 'if True, script exits right after the first eval')
+    assert keys['eval_only'] == ('False', "if True, evaluate the model (on a resume: the checkpoint's), print the losses "
+                                            "and exit; writes nothing")
     assert keys['gradient_accumulation_steps'] == ('40', 'used to simulate larger batch sizes; summed over DDP ranks')
     assert keys['scaling_schedule_file'] == ("''", "a YAML or JSON schedule; '' = none (on resume: the schedule "
                                                    "stored in the checkpoint)")
