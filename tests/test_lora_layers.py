@@ -345,7 +345,7 @@ def test_resume_without_arguments_keeps_the_mapping(runs, tmp_path):
     """The run's settings come from its checkpoint: the mapping too (equal, so no 'resume: ... =' line)."""
     out = tmp_path / 'out'
     shutil.copytree(runs['root'] / 'half', out)
-    result = run_train([f'--out_dir={out}', '--init_from=resume', '--max_iters=50'])
+    result = run_train([f'--out_dir={out}', '--init_from=resume', '--max_iters=50', '--device=cpu', '--compile=False'])
     assert result.returncode == 0, describe_run(result)
     assert 'resume: attn_lora_rank' not in result.stdout
     resumed = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
@@ -366,7 +366,7 @@ def test_export_merges_per_layer_adapters(runs, tmp_path):
     result = run_script(['export_hf.py', f"--out_dir={runs['root'] / 'half'}", f"--hf_dir={tmp_path / 'hf'}"])
     assert result.returncode == 0, describe_run(result)
     model = GPT.from_checkpoint(str(runs['root'] / 'half' / 'ckpt.pt'))
-    assert model.config.attn_lora_rank == [4, 2, 2]
+    assert model.config.attn_lora_rank == [8, 4, 4]  # iter 40: after change_attn_lora_rank
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'hf').eval()
     vocab = model.config.vocab_size
     idx = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(2))
@@ -375,3 +375,7 @@ def test_export_merges_per_layer_adapters(runs, tmp_path):
         ours = model(idx, idx)[0]
         theirs = exported(idx).logits
     assert (ours - theirs).abs().max().item() <= 1e-4
+    bare = GPT(GPTConfig(**dict(vars(model.config), attn_lora_rank=0)))  # the main weights alone differ: merged
+    bare.load_state_dict({k: v for k, v in model.state_dict().items() if '.lora_' not in k})
+    with torch.no_grad():
+        assert (bare.eval()(idx, idx)[0] - ours).abs().max().item() > 1e-3
