@@ -988,9 +988,10 @@ def print_plan(plan):
 
 def check_schedule_matches(entries):
     """On resume with a schedule file: the entries already run must be the file's first entries."""
+    stored = json.loads(json.dumps(entries))  # as the checkpoint holds them: a YAML int key ({0: 4}) is text there
     for done in orch.executed_ops:
         index = done['index']
-        if index >= len(entries) or any(entries[index].get(k) != done.get(k) for k in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS):
+        if index >= len(entries) or any(stored[index].get(k) != done.get(k) for k in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS):
             found = json.dumps(entries[index]) if index < len(entries) else 'nothing'
             raise ScheduleError(scaling_schedule_file, index, None,
                                 f"the checkpoint already ran {json.dumps({k: done[k] for k in ENTRY_KEYS})} "

@@ -379,3 +379,20 @@ def test_export_merges_per_layer_adapters(runs, tmp_path):
     bare.load_state_dict({k: v for k, v in model.state_dict().items() if '.lora_' not in k})
     with torch.no_grad():
         assert (bare.eval()(idx, idx)[0] - ours).abs().max().item() > 1e-3
+
+
+def test_resume_matches_int_pattern_keys_as_the_checkpoint_stored_them(monkeypatch):
+    """A YAML schedule may write a pattern as an int key ({0: 4}); the checkpoint stores the entries as JSON
+    (the key '0'): the file still matches the ops already run."""
+    saved = train.orchestrator_state()
+    ran = entry('set_attn_lora_rank', {0: 4, '*': 2})
+    monkeypatch.setattr(train, 'scaling_schedule_file', 's.yaml')
+    try:
+        train.reset_orchestrator([ran])
+        train.orch.executed_ops.append(dict(ran, index=0, iter=10, reason='timeout'))
+        train.load_orchestrator_state(train.orchestrator_state())  # as a checkpoint holds it
+        assert train.orch.executed_ops[0]['value'] == {'0': 4, '*': 2}
+        train.check_schedule_matches([ran, entry('merge_lora_weights', None)])
+        assert train.orch.schedule == [entry('merge_lora_weights', None)]
+    finally:
+        train.load_orchestrator_state(saved)
