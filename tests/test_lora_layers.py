@@ -396,3 +396,17 @@ def test_resume_matches_int_pattern_keys_as_the_checkpoint_stored_them(monkeypat
         assert train.orch.schedule == [entry('merge_lora_weights', None)]
     finally:
         train.load_orchestrator_state(saved)
+
+
+def test_imported_weights_take_per_layer_ranks(tmp_path, monkeypatch):
+    """Patterns resolve against the imported model's depth; one naming a layer it lacks is one line."""
+    transformers = pytest.importorskip('transformers')
+    folder = tmp_path / 'hf'
+    hf_config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=16, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(hf_config).save_pretrained(folder)
+    assert GPT.from_hf(str(folder), attn_lora_rank={'-1': 2}).config.attn_lora_rank == [0, 2]
+    for key, value in dict(init_from=str(folder), block_size=BLOCK, attn_lora_rank={'2': 2}).items():
+        monkeypatch.setattr(train, key, value)
+    with pytest.raises(train.UserError) as e:
+        train.model_config_from_hf({'vocab_size': VOCAB})
+    assert str(e.value) == "config: attn_lora_rank: layer pattern '2' matches no layer of a 2-layer model (layers 0-1)"
