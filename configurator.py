@@ -14,7 +14,9 @@ Every name it sets that does not start with `_` (and is not a module,
 function or class) must be a known config key.
 
 Values must keep the type of their default; the only conversions are
-int -> float and list <-> tuple. Ranges are not checked here: nan and inf are
+int -> float and list <-> tuple. A script may let some keys hold other types
+too (a structured value, e.g. a mapping): configure's `types` names each such
+key's types, and the script checks the value's content. Ranges are not checked here: nan and inf are
 accepted for float keys, and train.py validates the values it uses.
 
 --help or -h: a script checks help_requested(argv) before configure and calls
@@ -42,18 +44,20 @@ class UserError(Exception):
     """Bad input from the user (a schedule, data, a checkpoint): shown as one message, no traceback, exit code 2."""
 
 
-def configure(argv: list[str], defaults: dict, *, verbose: bool = True) -> dict:
-    """Return a new dict: `defaults` with the overrides in `argv` applied in order."""
+def configure(argv: list[str], defaults: dict, *, verbose: bool = True, types: dict | None = None) -> dict:
+    """Return a new dict: `defaults` with the overrides in `argv` applied in order. types: {key: the types
+    it takes} for keys that take other types than their default's (e.g. {'attn_lora_rank': (int, dict)})."""
     config = copy.deepcopy(defaults)
+    types = types or {}
     for arg in argv:
         if arg.startswith("--"):
-            _apply_cli_arg(config, arg, verbose)
+            _apply_cli_arg(config, arg, verbose, types)
         else:
-            _apply_config_file(config, arg, verbose)
+            _apply_config_file(config, arg, verbose, types)
     return config
 
 
-def _apply_config_file(config: dict, path: str, verbose: bool) -> None:
+def _apply_config_file(config: dict, path: str, verbose: bool, types: dict) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             source = f.read()
@@ -85,7 +89,7 @@ def _apply_config_file(config: dict, path: str, verbose: bool) -> None:
         if key.startswith("_") or isinstance(value, _NOT_CONFIG):
             continue
         _check_known(config, key, path)
-        config[key] = _coerce(value, config[key], f"{path}: {key} = {value!r}")
+        config[key] = _coerce(value, config[key], f"{path}: {key} = {value!r}", types.get(key))
 
 
 def _parses_as_schedule(source: str) -> bool:
@@ -140,7 +144,7 @@ def print_help(usage: str, defaults: dict, comments: dict) -> None:
         print(f"  {setting:<{width}}  # {comments[key]}" if key in comments else f"  {setting}")
 
 
-def _apply_cli_arg(config: dict, arg: str, verbose: bool) -> None:
+def _apply_cli_arg(config: dict, arg: str, verbose: bool, types: dict) -> None:
     key, eq, text = arg[2:].partition("=")
     if not eq or not key:
         raise ConfigError(f"command line: expected --key=value, got {arg!r}")
@@ -152,7 +156,7 @@ def _apply_cli_arg(config: dict, arg: str, verbose: bool) -> None:
     if isinstance(config[key], str) and not isinstance(value, str):
         value = text  # a string key takes the text as it is: --out_dir=123 is the folder '123'
     shown = arg if arg.isprintable() else repr(arg)  # a newline in a value must not break the one-line message
-    config[key] = _coerce(value, config[key], f"command line: {shown}")
+    config[key] = _coerce(value, config[key], f"command line: {shown}", types.get(key))
     if verbose:
         print(f"Overriding: {key} = {config[key]!r}")
 
@@ -165,9 +169,12 @@ def _check_known(config: dict, key: str, source: str) -> None:
     raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
 
 
-def _coerce(value, default, where: str):
-    """Return `value` converted to the type of `default`, or raise ConfigError naming `where`."""
-    expected, found = type(default), type(value)
+def _coerce(value, default, where: str, allowed: tuple | None = None):
+    """Return `value` converted to the type of `default`, or raise ConfigError naming `where`. allowed: the
+    types the key takes instead (its first one is what an int -> float or list <-> tuple conversion aims at)."""
+    if allowed is not None and type(value) in allowed:
+        return value
+    expected, found = allowed[0] if allowed else type(default), type(value)
     if found is expected:
         return value
     if expected is float and found is int:  # bool is deliberately not accepted here
@@ -177,7 +184,7 @@ def _coerce(value, default, where: str):
             raise ConfigError(f"{where} is too large for a float") from None
     if expected in (list, tuple) and found in (list, tuple):
         return expected(value)
-    raise ConfigError(f"{where} is {_a(found)}, expected {_a(expected)}")
+    raise ConfigError(f"{where} is {_a(found)}, expected {' or '.join(_a(t) for t in allowed or (expected,))}")
 
 
 def _a(t: type) -> str:

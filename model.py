@@ -23,6 +23,7 @@ weights from transformers in and out; a rope model goes out as GPT-NeoX. transfo
 import copy
 import inspect
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +54,9 @@ class GPTConfig:
     head_size: int = 0  # 0 means n_embd // n_head; it stays fixed when heads are added
     dropout: float = 0.0
     bias: bool = True  # bias in Linears and LayerNorms, like GPT-2; False is a bit better and faster
-    attn_lora_rank: int = 0  # 0 = no adapters on the attention projections
+    # 0 = no adapters on the attention projections; one int for every layer, a list of one rank per layer, or
+    # (given) a mapping of layer patterns to ranks, resolved here (see layer_rank_changes; unnamed layers get 0)
+    attn_lora_rank: int = 0
     embedding_lora_rank: int = 0  # 0 = no adapter on the token embedding (and tied head)
     lora_alpha: float = 1.0
     ramp: dict = None  # the MSG growth still masked: {'kind': 'mlp'|'heads'|'layers'|'embd', ...}
@@ -76,6 +79,93 @@ class GPTConfig:
         if self.pos_emb == 'rope' and self.head_size % 2:
             raise ValueError(f"pos_emb 'rope' turns pairs of dimensions in each head: head_size must be even, "
                              f"got {self.head_size}")
+        self.attn_lora_rank = compact_ranks(initial_attn_ranks(self.attn_lora_rank, self.n_layer))
+
+
+# per-layer attention LoRA ranks: config.attn_lora_rank is stored as one int when every layer has the same rank
+# (as in checkpoints from before per-layer ranks), else as a list of one int per layer
+
+def attn_lora_ranks(config):
+    """One attention LoRA rank per layer."""
+    rank = config.attn_lora_rank
+    return list(rank) if isinstance(rank, (list, tuple)) else [rank] * config.n_layer
+
+
+def compact_ranks(ranks):
+    return ranks[0] if len(set(ranks)) == 1 else list(ranks)
+
+
+def check_rank(rank, where):
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"{where}: expected an integer >= 0, got {rank!r} ({type(rank).__name__})")
+    return rank
+
+
+def initial_attn_ranks(spec, n_layer):
+    """The per-layer ranks of a new model from attn_lora_rank: an int, a list of n_layer ints, or a mapping
+    of layer patterns (layers it does not name get 0). ValueError naming attn_lora_rank."""
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != n_layer:
+            raise ValueError(f"attn_lora_rank: {len(spec)} ranks for a {n_layer}-layer model")
+        return [check_rank(rank, f"attn_lora_rank: layer {i}") for i, rank in enumerate(spec)]
+    try:
+        changes = layer_rank_changes(spec, n_layer)
+    except ValueError as e:
+        raise ValueError(f"attn_lora_rank: {e}") from None
+    return [changes.get(i, 0) for i in range(n_layer)]
+
+
+LAYER_PATTERNS = "'*' (every layer), a layer index ('0'; '-1' the last) or a range of layers ('2-3')"
+
+
+def pattern_layers(pattern, n_layer):
+    """The layers a pattern names at a depth of n_layer (an int is a layer index). ValueError for a pattern
+    that is not one, or one that names a layer the model does not have."""
+    if isinstance(pattern, bool) or not isinstance(pattern, (int, str)):
+        raise ValueError(f"layer pattern {pattern!r} ({type(pattern).__name__}) is neither text nor an integer; "
+                         f"expected {LAYER_PATTERNS}")
+    text = str(pattern)
+    if text == '*':
+        return list(range(n_layer))
+    index, span = re.fullmatch(r'-?[0-9]+', text), re.fullmatch(r'([0-9]+)-([0-9]+)', text)
+    if index:
+        layer = int(text) + n_layer if int(text) < 0 else int(text)
+        if not 0 <= layer < n_layer:
+            raise ValueError(f"layer pattern {text!r} matches no layer of a {n_layer}-layer model "
+                             f"(layers 0-{n_layer - 1})")
+        return [layer]
+    if not span or int(span[1]) > int(span[2]):
+        raise ValueError(f"bad layer pattern {text!r}: expected {LAYER_PATTERNS}")
+    first, last = int(span[1]), int(span[2])
+    if last >= n_layer:
+        what = 'matches no layer' if first >= n_layer else 'reaches past the last layer'
+        raise ValueError(f"layer pattern {text!r} {what} of a {n_layer}-layer model (layers 0-{n_layer - 1})")
+    return list(range(first, last + 1))
+
+
+def layer_rank_changes(spec, n_layer):
+    """{layer: new rank} from an int (every layer) or a mapping of layer patterns to ranks. Where patterns
+    overlap, the most specific one (naming the fewest layers) wins: {'*': 8, '0': 4} gives layer 0 rank 4
+    whatever the order; two equally specific patterns that give one layer different ranks are refused."""
+    if not isinstance(spec, dict):
+        if isinstance(spec, bool) or not isinstance(spec, int) or spec < 0:
+            raise ValueError(f"expected an integer >= 0 or a mapping of layer patterns to ranks, got {spec!r} "
+                             f"({type(spec).__name__})")
+        return {layer: spec for layer in range(n_layer)}
+    if not spec:
+        raise ValueError(f"an empty mapping names no layer; expected layer patterns ({LAYER_PATTERNS}) to ranks")
+    chosen = {}  # layer -> (number of layers its pattern names, pattern, rank)
+    for pattern, rank in spec.items():
+        layers = pattern_layers(pattern, n_layer)
+        check_rank(rank, f"rank of layer pattern {str(pattern)!r}")
+        for layer in layers:
+            size, other, other_rank = chosen.get(layer, (n_layer + 1, None, None))
+            if len(layers) == size and rank != other_rank:
+                raise ValueError(f"layer {layer} is named by {str(other)!r} and {str(pattern)!r}, equally specific, "
+                                 f"with ranks {other_rank} and {rank}; give it one")
+            if len(layers) < size:
+                chosen[layer] = (len(layers), pattern, rank)
+    return {layer: rank for layer, (_, _, rank) in sorted(chosen.items())}
 
 
 def ramp_vector(like, n_unmasked, mask, dim=-1):
@@ -431,7 +521,7 @@ class GPT(nn.Module):
             if name.endswith('c_proj.weight'):  # scaled init of residual projections, per GPT-2
                 nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
         generator = torch.Generator().manual_seed(0)
-        self._set_lora('attn', config.attn_lora_rank, generator)
+        self._set_attn_lora(dict(enumerate(attn_lora_ranks(config))), generator)
         self._set_lora('embedding', config.embedding_lora_rank, generator)
         self._apply_ramp()
 
@@ -693,15 +783,34 @@ class GPT(nn.Module):
     def _identity_lineage(self):
         return {name: (name, None, None) for name, _ in self.named_parameters()}
 
-    def _lora_targets(self, target):
+    def _lora_targets(self, target, layers=None):
+        """The modules with adapters of target 'embedding' or 'attn' (of the given layers, default all)."""
         if target == 'embedding':
             return [self.transformer.wte]
-        return [m for block in self.transformer.h for m in (block.attn.c_attn, block.attn.c_proj)]
+        layers = range(self.config.n_layer) if layers is None else layers
+        return [m for i in layers for m in (self.transformer.h[i].attn.c_attn, self.transformer.h[i].attn.c_proj)]
 
     def _set_lora(self, target, rank, generator):
+        if target == 'attn':
+            return self._set_attn_lora(self._attn_rank_changes(rank), generator)
         for module in self._lora_targets(target):
             module.set_lora(rank, self.config.lora_alpha, generator)
         setattr(self.config, f'{target}_lora_rank', rank)
+
+    def _attn_rank_changes(self, rank):
+        """{layer: rank} for every layer from an int, or from a list of one rank per layer."""
+        ranks = rank if isinstance(rank, (list, tuple)) else [rank] * self.config.n_layer
+        return dict(enumerate(ranks))
+
+    def _set_attn_lora(self, changes, generator):
+        """changes {layer: rank}: each layer named merges its adapters into its weights and starts fresh
+        ones of that rank; the other layers keep theirs."""
+        ranks = attn_lora_ranks(self.config)
+        for layer, rank in changes.items():
+            for module in self._lora_targets('attn', [layer]):
+                module.set_lora(rank, self.config.lora_alpha, generator)
+            ranks[layer] = rank
+        self.config.attn_lora_rank = compact_ranks(ranks)
 
     def _fresh_adapter_lineage(self, targets):
         """Every parameter carries over, but the adapters of the target modules, which are new."""
@@ -716,9 +825,18 @@ class GPT(nn.Module):
     @torch.no_grad()
     def set_lora_rank(self, target, rank, generator):
         """target 'attn' or 'embedding'. Merges the adapters into the main weights, then fresh
-        adapters of the new rank (0 removes them and unfreezes the main weights)."""
+        adapters of the new rank (0 removes them and unfreezes the main weights); for 'attn', rank
+        may be a list of one rank per layer."""
         self._set_lora(target, rank, generator)
         return self._fresh_adapter_lineage(self._lora_targets(target))
+
+    @torch.no_grad()
+    def set_layer_lora_ranks(self, changes, generator):
+        """changes {layer: rank} (see layer_rank_changes): the attention adapters of those layers are merged
+        into their weights and started fresh at the new rank (0: none, the weights train again); the other
+        layers' adapters and their optimizer state are kept."""
+        self._set_attn_lora(changes, generator)
+        return self._fresh_adapter_lineage(self._lora_targets('attn', sorted(changes)))
 
     @torch.no_grad()
     def set_lora_alpha(self, alpha, generator):
@@ -755,7 +873,9 @@ class GPT(nn.Module):
                     (None, None, None) if fresh else (f'transformer.h.{source}.{suffix}', None, None)
             new_blocks.append(block)
         self.transformer.h = nn.ModuleList(new_blocks)
+        ranks = attn_lora_ranks(self.config)  # a copy has its source's adapters
         self.config.n_layer = len(layer_map)
+        self.config.attn_lora_rank = compact_ranks([ranks[source] for source in layer_map])
         if new_layers:
             self.config.ramp = {'kind': 'layers', 'new_layers': new_layers}
         self._apply_ramp()

@@ -33,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint as ckpt_files
 from configurator import ConfigError, UserError, configure, help_requested, key_comments, print_help
 from model import (ACTIVATIONS, ARCH_KEYS, GPT, GPT2_HUB_NAMES, HF_FREE_KEYS, LORA_KEYS, OPTIMIZERS, POS_EMBS, GPTConfig,
-                   carry_optimizer_state, hf_model_args, import_transformers, mask_at)
+                   attn_lora_ranks, carry_optimizer_state, hf_model_args, import_transformers, layer_rank_changes,
+                   mask_at)
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -66,7 +67,7 @@ n_hidden = 0  # mlp width; 0 means 4 * n_embd
 head_size = 0  # 0 means n_embd // n_head
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # do we use bias inside LayerNorm and Linear layers?
-attn_lora_rank = 0  # LoRA adapters on the attention projections (0 = off)
+attn_lora_rank = 0  # LoRA adapters on the attention projections (0 = off); per layer: {'0': 4, '2-3': 16, '*': 8}
 embedding_lora_rank = 0  # LoRA adapter on the token embedding and tied head (0 = off)
 lora_alpha = 1.0
 activation = 'gelu'  # the mlp's GELU: 'gelu' (exact) or 'gelu_tanh' (GPT-2's tanh approximation)
@@ -109,6 +110,8 @@ check_rank_consistency = True  # DDP: compare a parameter checksum across ranks 
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 config_defaults = {k: globals()[k] for k in config_keys}  # a model key off its default must agree with imported weights
+# keys that take a structured value besides their default's type, with the types they take (configurator checks)
+CONFIG_TYPES = {'attn_lora_rank': (int, dict)}
 # -----------------------------------------------------------------------------
 # orchestrator state: everything the schedule changes lives in one object, `orch`, checkpointed as one dict
 
@@ -494,25 +497,56 @@ def widen_mlp(value):
     return model.widen_mlp(round(model.config.n_hidden * factor), growth_generator(), noise)
 
 
+def lora_ranks(config, target):
+    """The ranks of target's adapters: one per layer for 'attn', one for 'embedding'."""
+    return attn_lora_ranks(config) if target == 'attn' else [config.embedding_lora_rank]
+
+
+def params_per_rank(config, target):
+    """The adapter parameters one unit of rank adds: on the token embedding, or on one layer's attention."""
+    return config.vocab_size + config.n_embd if target == 'embedding' else \
+        2 * config.n_embd + 4 * config.n_head * config.head_size
+
+
 def check_lora_rank(target):
     def check(value, config):
         check_factor(value, 0.0, allow_minimum=True)
         require_lora(config, target)
-        rank = getattr(config, f'{target}_lora_rank')
-        if value > 0 and round(rank * value) == 0:
-            raise BadValue(f"factor {value} rounds {target}_lora_rank {rank} to 0, which would remove the adapters "
-                           f"and train the full weights; to remove LoRA on purpose, give the value 0")
-        per_rank = config.vocab_size + config.n_embd if target == 'embedding' else \
-            config.n_layer * (2 * config.n_embd + 4 * config.n_head * config.head_size)
-        check_new_params(round(getattr(config, f'{target}_lora_rank') * value) * per_rank)
+        ranks = lora_ranks(config, target)
+        for layer, rank in enumerate(ranks):
+            if value > 0 and rank and round(rank * value) == 0:
+                which = f" (layer {layer})" if len(set(ranks)) > 1 else ''
+                raise BadValue(f"factor {value} rounds {target}_lora_rank {rank}{which} to 0, which would remove the "
+                               f"adapters and train the full weights; to remove LoRA on purpose, give the value 0")
+        check_new_params(sum(round(rank * value) for rank in ranks) * params_per_rank(config, target))
     return check
 
 
 def change_lora_rank(target):
+    """Multiply the rank (of attention: each layer's that has adapters) by the value."""
     def apply(value):
-        rank = round(getattr(model.config, f'{target}_lora_rank') * value)
-        return model.set_lora_rank(target, rank, growth_generator())
+        if target == 'attn':
+            changes = {layer: round(rank * value) for layer, rank in enumerate(attn_lora_ranks(model.config)) if rank}
+            return model.set_layer_lora_ranks(changes, growth_generator())
+        return model.set_lora_rank(target, round(model.config.embedding_lora_rank * value), growth_generator())
     return apply
+
+
+def attn_rank_changes(value, n_layer):
+    """set_attn_lora_rank's value as {layer: rank} at a depth of n_layer (see model.layer_rank_changes)."""
+    try:
+        return layer_rank_changes(value, n_layer)
+    except ValueError as e:
+        raise BadValue(str(e)) from None
+
+
+def check_set_attn_lora_rank(value, config):
+    changes = attn_rank_changes(value, config.n_layer)
+    check_new_params(sum(changes.values()) * params_per_rank(config, 'attn'))
+
+
+def set_attn_lora_rank(value):
+    return model.set_layer_lora_ranks(attn_rank_changes(value, model.config.n_layer), growth_generator())
 
 
 def check_lora_op(value, config, null=False):
@@ -595,6 +629,7 @@ OPERATIONS.update({
     'widen_mlp': Operation(check_widen, widen_mlp, grows=True),
     'change_attn_lora_rank': Operation(check_lora_rank('attn'), change_lora_rank('attn'), grows=True),
     'change_embedding_lora_rank': Operation(check_lora_rank('embedding'), change_lora_rank('embedding'), grows=True),
+    'set_attn_lora_rank': Operation(check_set_attn_lora_rank, set_attn_lora_rank, grows=True),
     'change_lora_alpha': Operation(check_lora_op, change_lora_alpha, grows=True),
     'merge_lora_weights': Operation(check_merge_lora, merge_lora_weights, grows=True),
     'msg_widen_mlp': Operation(check_msg_widen_mlp, msg_widen_mlp, grows=True, ramp=True),
@@ -955,9 +990,10 @@ def print_plan(plan):
 
 def check_schedule_matches(entries):
     """On resume with a schedule file: the entries already run must be the file's first entries."""
+    stored = json.loads(json.dumps(entries))  # as the checkpoint holds them: a YAML int key ({0: 4}) is text there
     for done in orch.executed_ops:
         index = done['index']
-        if index >= len(entries) or any(entries[index].get(k) != done.get(k) for k in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS):
+        if index >= len(entries) or any(stored[index].get(k) != done.get(k) for k in ENTRY_KEYS + OPTIONAL_ENTRY_KEYS):
             found = json.dumps(entries[index]) if index < len(entries) else 'nothing'
             raise ScheduleError(scaling_schedule_file, index, None,
                                 f"the checkpoint already ran {json.dumps({k: done[k] for k in ENTRY_KEYS})} "
@@ -1475,7 +1511,10 @@ def model_config_from_hf(meta):
     if meta['vocab_size'] > args['vocab_size']:
         raise UserError(f"data: meta.pkl's vocab_size {meta['vocab_size']} is larger than the vocabulary of "
                         f"{init_from} ({args['vocab_size']} tokens)")
-    return GPTConfig(**args)
+    try:
+        return GPTConfig(**args)
+    except ValueError as e:  # a layer pattern of attn_lora_rank that the weights' depth does not have
+        raise UserError(f"config: {e}") from None
 
 
 def check_out_dir(path):
@@ -2071,8 +2110,8 @@ def resumed_settings(argv, defaults, run_dir):
     checkpoint = load_checkpoint(path, mmap=True)  # for its settings: no tensor is read
     # a key the checkpoint predates, or whose type has changed since, takes the command line's value
     run_config = {k: v for k, v in checkpoint['config'].items()
-                  if k in defaults and k not in RUN_LOCAL_KEYS and type(v) is type(defaults[k])}
-    resumed = configure(argv, dict(defaults, **run_config), verbose=False)
+                  if k in defaults and k not in RUN_LOCAL_KEYS and type(v) in CONFIG_TYPES.get(k, (type(defaults[k]),))}
+    resumed = configure(argv, dict(defaults, **run_config), verbose=False, types=CONFIG_TYPES)
     changed = [k for k in run_config if resumed[k] != run_config[k]]
     model_args = checkpoint['model_args']
     key = next((k for k in changed if k in MODEL_KEYS), None)
@@ -2109,7 +2148,7 @@ def run_from_command_line(argv):
                           key_comments(__file__))
     try:
         defaults = {k: globals()[k] for k in config_keys}
-        settings = configure(argv, defaults)
+        settings = configure(argv, defaults, types=CONFIG_TYPES)
         if settings['init_from'] == 'resume':
             settings = resumed_settings(argv, defaults, settings['out_dir'])
         main(setup(settings))

@@ -13,7 +13,7 @@ Property-based fuzzing (issue 15) with hypothesis, in-process, on tiny CPU model
   next loss;
   every operation is also applied this way once (then widen_mlp after it), so CI covers each;
 - config overrides: random --key=value arguments into configurator.configure: the value keeps its
-  default's type, or one ConfigError line naming the key;
+  default's type (or one train.CONFIG_TYPES gives the key), or one ConfigError line naming the key;
 - what the fuzzer found, as plain tests with the exact messages (each failed before its fix).
 
 Examples are derandomized (the same ones in every CI run). FUZZ_SCALE=N runs N times as many, e.g.
@@ -92,6 +92,9 @@ OP_VALUES = {
     'change_attn_lora_rank': st.sampled_from([0, 0.5, 1.5, 2.0]),
     'change_embedding_lora_rank': st.sampled_from([0, 0.5, 1.5, 2.0]),
     'change_lora_alpha': FACTOR, 'merge_lora_weights': st.none(),
+    'set_attn_lora_rank': st.integers(min_value=0, max_value=3) | st.dictionaries(
+        st.sampled_from(['*', '0', '1', '-1', '0-1', '1-2', 0, -1]), st.integers(min_value=0, max_value=3),
+        min_size=1, max_size=3),
     'msg_widen_mlp': st.fixed_dictionaries({'factor': GROW, 'anneal_iters': ANNEAL}),
     'msg_add_heads': st.fixed_dictionaries({'n_new_heads': st.integers(min_value=1, max_value=2),
                                             'anneal_iters': ANNEAL}),
@@ -217,7 +220,7 @@ def run_dry(argv):
 
 
 @budget(250)
-@given(schedule_files(), st.sampled_from([0, 2]), st.sampled_from([0, 2]))
+@given(schedule_files(), st.sampled_from([0, 2, {'-1': 2}]), st.sampled_from([0, 2]))
 def test_fuzz_schedule_file_is_accepted_whole_or_refused_in_one_line(data_dir, restore_train, tmp_path, document,
                                                                      attn_lora_rank, embedding_lora_rank):
     ext, content = document
@@ -257,7 +260,7 @@ def runs(draw):
     the test keeps the valid prefix)."""
     config = dict(n_layer=draw(st.integers(min_value=1, max_value=2)), n_head=draw(st.sampled_from([1, 2])),
                   bias=draw(st.booleans()), activation=draw(st.sampled_from(['gelu', 'gelu_tanh'])),
-                  attn_lora_rank=draw(st.sampled_from([0, 2])), embedding_lora_rank=draw(st.sampled_from([0, 2])),
+                  attn_lora_rank=draw(st.sampled_from([0, 2, {'0': 2}])), embedding_lora_rank=draw(st.sampled_from([0, 2])),
                   lora_alpha=draw(st.sampled_from([1.0, 4.0])), lr_schedule=draw(st.sampled_from(['cosine', 'wsd'])),
                   growth_optimizer_state=draw(st.sampled_from(['carry', 'carry', 'reset'])),
                   growth_lr_rewarm_iters=draw(st.sampled_from([0, 3])), grad_clip=draw(st.sampled_from([0.0, 1.0])),
@@ -420,7 +423,8 @@ ALONE = {  # a value for each operation, on a model with LoRA on for the LoRA op
     'set_grad_accum': 3, 'change_warmup_iters': 2.0, 'set_warmup_iters': 7, 'change_eval_iters': 2.0,
     'set_eval_iters': 3, 'change_eval_interval': 0.5, 'set_eval_interval': 4, 'reset_lr_schedule': None,
     'stack_layers': [0, 1, 1], 'widen_mlp': 1.5, 'change_attn_lora_rank': 1.5, 'change_embedding_lora_rank': 0,
-    'change_lora_alpha': 2.0, 'merge_lora_weights': None, 'msg_widen_mlp': {'factor': 1.5, 'anneal_iters': 2},
+    'change_lora_alpha': 2.0, 'merge_lora_weights': None, 'set_attn_lora_rank': {'0': 4, '-1': 0},
+    'msg_widen_mlp': {'factor': 1.5, 'anneal_iters': 2},
     'msg_add_heads': {'n_new_heads': 1, 'anneal_iters': 2},
     'msg_stack_layers': {'layers': [0, 0, 1], 'anneal_iters': 2, 'init': 'random'},
     'msg_widen_embd': {'factor': 1.5, 'anneal_iters': 2},
@@ -482,7 +486,7 @@ def test_fuzz_config_override_is_typed_or_refused_in_one_line_naming_the_key(arg
     defaults = dict(train.config_defaults)
     key, eq, _ = arg[2:].partition('=')
     try:
-        config = configure([arg], defaults, verbose=False)
+        config = configure([arg], defaults, verbose=False, types=train.CONFIG_TYPES)
     except ConfigError as e:
         message = str(e)
         assert '\n' not in message, message
@@ -491,7 +495,7 @@ def test_fuzz_config_override_is_typed_or_refused_in_one_line_naming_the_key(arg
         event('refused')
         return
     event(f'accepted {type(defaults[key]).__name__}')
-    assert key in defaults and type(config[key]) is type(defaults[key])
+    assert key in defaults and type(config[key]) in train.CONFIG_TYPES.get(key, (type(defaults[key]),))
     assert {k: v for k, v in config.items() if k != key} == {k: v for k, v in defaults.items() if k != key}
 
 
