@@ -263,7 +263,7 @@ def runs(draw):
                   growth_lr_rewarm_iters=draw(st.sampled_from([0, 3])), grad_clip=draw(st.sampled_from([0.0, 1.0])),
                   gradient_accumulation_steps=draw(st.integers(min_value=1, max_value=2)),
                   optimizer=draw(st.sampled_from(['adamw', 'muon'])))
-    growth = sorted(name for name, op in train.OPERATIONS.items() if op.grows)
+    growth = sorted(name for name, op in train.OPERATIONS.items() if op.rebuilds_optimizer)
     names = draw(st.lists(st.sampled_from(sorted(OP_VALUES)) | st.sampled_from(growth), min_size=1, max_size=6))
     schedule = [dict(name=name, value=draw(OP_VALUES[name]), trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
                 for name in names]
@@ -383,7 +383,7 @@ def apply_for_real(settings, schedule, steps_before, data_dir, out_dir):
         batch = torch.randint(0, model_config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
         for index, entry in enumerate(list(schedule)):
             operation = train.OPERATIONS[entry['name']]
-            while operation.grows and train.orch.active_ramp is not None:  # main() holds growth while a mask rises
+            while operation.changes_architecture and train.orch.active_ramp is not None:  # main() holds growth while a mask rises
                 training_step()
             for _ in range(steps_before[index]):
                 training_step()
@@ -393,7 +393,7 @@ def apply_for_real(settings, schedule, steps_before, data_dir, out_dir):
             real = train.effective_settings()
             assert {k: plan[index][k] for k in SETTINGS} == {k: real[k] for k in SETTINGS}
             assert parameters_of(train.model) == predicted[index]
-            if not operation.grows:
+            if not operation.rebuilds_optimizer:
                 assert all(torch.equal(v, params_before[k]) for k, v in train.model.state_dict().items())
                 assert torch.equal(logits(batch), before)
             elif operation.keeps_function and not (isinstance(entry['value'], dict) and entry['value'].get('noise')):
