@@ -456,7 +456,7 @@ def test_each_op_changes_only_its_own_setting():
         return dict(lr=train.get_lr(1050), batch_size=train.effective_batch_size(),
                     grad_accum=train.effective_grad_accum(), warmup=train.effective_warmup_iters(),
                     decay=train.effective_lr_decay_iters(), eval_iters=train.effective_eval_iters(),
-                    eval_interval=train.effective_eval_interval())
+                    eval_interval=train.effective_eval_interval(), seq_len=train.effective('seq_len'))
 
     base = settings()
     expected = {'change_lr': dict(lr=2 * 5.5e-4), 'set_lr': dict(lr=5.5e-3), 'change_batch_size': dict(batch_size=24),
@@ -465,9 +465,10 @@ def test_each_op_changes_only_its_own_setting():
                 'change_warmup_iters': dict(warmup=200, decay=4000, lr=cosine(1e-3, 1e-4, 1050, 200, 4000)),
                 'set_warmup_iters': dict(warmup=5, decay=100, lr=1e-4),
                 'change_eval_iters': dict(eval_iters=40), 'set_eval_iters': dict(eval_iters=3),
-                'change_eval_interval': dict(eval_interval=500), 'set_eval_interval': dict(eval_interval=10)}
+                'change_eval_interval': dict(eval_interval=500), 'set_eval_interval': dict(eval_interval=10),
+                'change_seq_len': dict(seq_len=train.block_size // 2), 'set_seq_len': dict(seq_len=7)}
     values = {'set_lr': 1e-2, 'set_batch_size': 5, 'set_grad_accum': 3, 'set_warmup_iters': 5, 'set_eval_iters': 3,
-              'set_eval_interval': 10}
+              'set_eval_interval': 10, 'change_seq_len': 0.5, 'set_seq_len': 7}
     for name, changed in expected.items():
         fire_now((name, values.get(name, 2.0)))
         assert settings() == pytest.approx({**base, **changed}, rel=1e-12), name

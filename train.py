@@ -246,7 +246,7 @@ def effective_settings():
     """What an operation can change, for logs, events and the dry-run plan."""
     settings = schedule_settings()
     settings.update({k: getattr(model.config, k) for k in ARCH_KEYS + LORA_KEYS})
-    settings.update(params=model.get_num_params(), flops_per_token=model.flops_per_token())
+    settings.update(params=model.get_num_params(), flops_per_token=model.flops_per_token(seq_len=effective('seq_len')))
     return settings
 
 
@@ -456,6 +456,7 @@ SETTINGS = (
     Setting('eval_interval', lambda: eval_interval, check_count, label='eval_interval'),
     Setting('eval_iters', lambda: eval_iters, check_count, label='eval_iters'),
     Setting('warmup_iters', lr_schedule_lengths, check_count, set_warmup_values, 'warmup_iters', shown=shown_warmup),
+    Setting('seq_len', lambda: block_size, check_count, label='seq_len', maximum='block_size'),  # training sequences
 )
 SETTING = {setting.name: setting for setting in SETTINGS}
 
@@ -914,6 +915,11 @@ def validate_schedule(path, entries, first_index, model_config):
     plan, timings = [], []
     with simulation(model_config):
         check_fits_in_memory('config')
+        try:  # the ops a resumed run already ran, against its config (a set_seq_len above a smaller block_size)
+            for setting in SETTINGS:
+                check_in_range(setting)
+        except BadValue as e:
+            raise ScheduleError(path, None, None, f"the operations already run: {e}") from None
         # three walks at once, each as [iter of the previous op, end of the mask ramp]: every entry at its
         # timeout (latest), every entry as early as it can fire (early), and in orch every entry as late as
         # it can fire and still change training (the iters of the lr warnings)
@@ -1258,13 +1264,15 @@ def largest_token(path):
     return largest
 
 
-def get_batch(split, generator, size):
+def get_batch(split, generator, size, length=None):
+    """size sequences of length tokens (block_size if None) and their next tokens."""
+    length = length or block_size
     # recreate np.memmap every batch to avoid a memory leak, as per
     # https://stackoverflow.com/questions/45132940/numpy-memmap-memory-usage-want-to-iterate-once/61472122#61472122
     data = np.memmap(os.path.join(data_path(), f'{split}.bin'), dtype=np.uint16, mode='r')
-    ix = torch.randint(len(data) - block_size, (size,), generator=generator)
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    ix = torch.randint(len(data) - length, (size,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + length].astype(np.int64)) for i in ix])
     if device.startswith('cuda'):
         # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -1380,7 +1388,8 @@ data_generator = None
 stop_signals = []  # SIGTERM / SIGINT received: checkpoint and exit at the next iteration
 stopped_by = 0  # the signal the run stopped for (under DDP: agreed by the ranks); the exit status is 128 + it
 nonfinite_in_a_row = 0  # non-finite steps skipped in a row (skip_nonfinite_steps)
-flops_per_token = flops_per_forward = 0  # of a training step with the current model; refreshed when it changes
+flops_per_token = {}  # sequence length -> flops per token of a training step with the current model; emptied when it changes
+flops_per_forward = 0  # of a training step with the current model; refreshed when it changes
 
 
 MAX_SEED = 2**63 - 2**20
@@ -1590,7 +1599,7 @@ def check_inputs():
 def build_optimizer():
     """New optimizers for the model as it is now (and its training flops, for the counters)."""
     global optimizers, optimizer_names, flops_per_token, flops_per_forward
-    flops_per_token, flops_per_forward = model.flops_per_token(), model.flops_per_forward()
+    flops_per_token, flops_per_forward = {}, model.flops_per_forward()
     optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer)
     optimizer_names = {p: name for name, p in model.named_parameters()}
 
@@ -1751,7 +1760,7 @@ def train_step(iter_num, next_batch=None):
     for param_group in optimizers.param_groups:  # AdamW's and Muon's alike
         param_group['lr'] = lr
     micro_steps = effective_grad_accum() // ddp_world_size
-    step_batch_size = effective_batch_size()
+    step_batch_size, seq_len = effective_batch_size(), effective('seq_len')
     # every micro step's loss is checked (without grad_clip a NaN in any of them reaches the gradients
     # unseen by the norm); the flag stays on the device, so there is no sync per micro step
     loss_nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -1759,7 +1768,7 @@ def train_step(iter_num, next_batch=None):
         if ddp:
             # sync gradients at the last micro step only
             train_model.require_backward_grad_sync = (micro_step == micro_steps - 1)
-        X, Y = (next_batch or get_batch)('train', data_generator, step_batch_size)
+        X, Y = (next_batch or get_batch)('train', data_generator, step_batch_size, seq_len)
         with ctx:
             _, loss = train_model(X, Y)
             loss = loss / micro_steps
@@ -1775,12 +1784,15 @@ def train_step(iter_num, next_batch=None):
         scaler.step(optimizers)
     scaler.update()
     optimizers.zero_grad(set_to_none=True)
-    return loss, micro_steps, micro_steps * ddp_world_size * step_batch_size * block_size, applied
+    return loss, micro_steps, micro_steps * ddp_world_size * step_batch_size * seq_len, applied
 
 
-def step_flops(tokens, micro_steps):
-    """Training flops of one step, all ranks together (each rank runs micro_steps forwards)."""
-    return flops_per_token * tokens + flops_per_forward * micro_steps * ddp_world_size
+def step_flops(tokens, micro_steps, seq_len=None):
+    """Training flops of one step of sequences of seq_len tokens (the model's block_size if None), all ranks
+    together (each rank runs micro_steps forwards)."""
+    if seq_len not in flops_per_token:
+        flops_per_token[seq_len] = model.flops_per_token(seq_len=seq_len)
+    return flops_per_token[seq_len] * tokens + flops_per_forward * micro_steps * ddp_world_size
 
 
 def per_gpu_mfu(flops, dt):
@@ -1961,7 +1973,9 @@ def main(config):
     wandb_run, log_event = open_logging(config, checkpoint)
     del checkpoint  # free its memory
     if master_process:
-        print(f"tokens per iteration will be: {effective_grad_accum() * effective_batch_size() * block_size:,}")
+        grad_accum, micro_batch, seq_len = effective_grad_accum(), effective_batch_size(), effective('seq_len')
+        print(f"tokens per iteration will be: {grad_accum * micro_batch * seq_len:,} "
+              f"(grad accum {grad_accum} x batch {micro_batch} x seq_len {seq_len})")
         print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
         print(describe_optimizer())
         print(f"precision: {dtype}" + (f" autocast on {device_type}, float32 weights" if dtype != 'float32' else '')
@@ -2012,7 +2026,7 @@ def main(config):
             break
 
         loss, micro_steps, tokens, _ = train_step(iter_num)
-        flops = step_flops(tokens, micro_steps)
+        flops = step_flops(tokens, micro_steps, effective('seq_len'))
         progress['tokens'] += tokens
         progress['flops'] += flops
 

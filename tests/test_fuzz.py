@@ -86,6 +86,7 @@ OP_VALUES = {
     'change_warmup_iters': FACTOR, 'set_warmup_iters': st.integers(min_value=1, max_value=10),
     'change_eval_iters': FACTOR, 'set_eval_iters': st.integers(min_value=1, max_value=4),
     'change_eval_interval': FACTOR, 'set_eval_interval': st.integers(min_value=1, max_value=20),
+    'change_seq_len': st.floats(min_value=0.1, max_value=1.0), 'set_seq_len': st.integers(min_value=1, max_value=16),
     'reset_lr_schedule': st.none(),
     'stack_layers': st.just(2) | st.lists(st.integers(min_value=0, max_value=2), min_size=1, max_size=4),
     'widen_mlp': GROW | st.fixed_dictionaries({'factor': GROW, 'noise': st.sampled_from([0.0, 0.01])}),
@@ -246,7 +247,7 @@ def test_fuzz_schedule_file_is_accepted_whole_or_refused_in_one_line(data_dir, r
 # -----------------------------------------------------------------------------
 # op sequences applied for real
 
-SETTINGS = ['peak_lr', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'warmup_iters', 'lr_decay_iters',
+SETTINGS = ['peak_lr', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'warmup_iters', 'lr_decay_iters', 'seq_len',
             'n_layer', 'n_head', 'head_size', 'n_embd', 'n_hidden', 'attn_lora_rank', 'embedding_lora_rank',
             'lora_alpha', 'params', 'flops_per_token']  # all but lr_schedule_offset, the iter an op fires at
 
@@ -419,6 +420,7 @@ ALONE = {  # a value for each operation, on a model with LoRA on for the LoRA op
     'change_lr': 0.5, 'set_lr': 3e-3, 'change_batch_size': 2.0, 'set_batch_size': 3, 'change_grad_accum': 2.0,
     'set_grad_accum': 3, 'change_warmup_iters': 2.0, 'set_warmup_iters': 7, 'change_eval_iters': 2.0,
     'set_eval_iters': 3, 'change_eval_interval': 0.5, 'set_eval_interval': 4, 'reset_lr_schedule': None,
+    'change_seq_len': 0.5, 'set_seq_len': 5,
     'stack_layers': [0, 1, 1], 'widen_mlp': 1.5, 'change_attn_lora_rank': 1.5, 'change_embedding_lora_rank': 0,
     'change_lora_alpha': 2.0, 'merge_lora_weights': None, 'msg_widen_mlp': {'factor': 1.5, 'anneal_iters': 2},
     'msg_add_heads': {'n_new_heads': 1, 'anneal_iters': 2},
