@@ -55,7 +55,7 @@ dataset = 'openwebtext'
 data_dir = ''  # '' means data/{dataset}
 gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes; summed over DDP ranks
 batch_size = 12  # if gradient_accumulation_steps > 1, this is the micro-batch size
-block_size = 1024
+block_size = 1024  # the model's context; evals read blocks of it (set_seq_len / change_seq_len train on shorter ones)
 # model
 n_layer = 12
 n_head = 12
