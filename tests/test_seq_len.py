@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import train
-from helpers import TINY, describe_run, entry, read_events, run_train, trained_runs, without_elapsed, write_char_data
+from helpers import (TINY, TORCHRUN, describe_run, entry, read_events, run_train, trained_runs, without_elapsed,
+                     write_char_data)
 from model import GPT, GPTConfig
 
 # TINY: block_size 32, batch 4, accum 1, evals every 10 iters
@@ -160,3 +161,15 @@ def test_a_resume_after_a_seq_len_change_is_exact(runs, tmp_path):
     assert resumed['orchestrator']['multipliers'] == {'seq_len': 2.0}
     assert resumed['orchestrator']['set_values'] == {'seq_len': 8}
     assert all(torch.equal(v, full['model'][k]) for k, v in resumed['model'].items())
+
+
+@pytest.mark.slow
+def test_ddp_trains_at_seq_len_on_every_rank(runs, tmp_path):
+    """2 gloo ranks, one micro step each: the tokens of both ranks at the length, and the ops logged once."""
+    out = tmp_path / 'out'
+    result = run_train(runs['args'](out, max_iters=20), command=TORCHRUN + ['train.py'], timeout=180)
+    assert result.returncode == 0, describe_run(result)
+    events = read_events(out)
+    evals = {e['iter']: e for e in events if e['event'] == 'eval'}
+    assert evals[20]['tokens'] == 10 * 2 * 4 * 8 + 10 * 2 * 4 * 16 and evals[20]['grad_accum'] == 2
+    assert [e['name'] for e in events if e['event'] == 'op'] == ['set_seq_len', 'change_seq_len']
