@@ -30,8 +30,8 @@ BENCH_DEFAULTS = dict(
 
 def random_batch(vocab_size):
     """A get_batch for train.train_step that draws uniform random tokens (no data files needed)."""
-    def get_batch(_split, generator, size):
-        tokens = torch.randint(vocab_size, (size, train.block_size + 1), generator=generator)
+    def get_batch(_split, generator, size, length):
+        tokens = torch.randint(vocab_size, (size, length + 1), generator=generator)
         return tokens[:, :-1].contiguous().to(train.device), tokens[:, 1:].contiguous().to(train.device)
     return get_batch
 

@@ -589,12 +589,13 @@ class GPT(nn.Module):
         """Summed over layers, the width of the attention (heads x head size)."""
         return sum(block.attn.n_head * block.attn.head_size for block in self.transformer.h)
 
-    def flops_per_token(self, training=True):
+    def flops_per_token(self, training=True, seq_len=None):
         """Training: 6 per trained matmul weight (forward, input grad, weight grad), 4 per frozen
-        one (no weight grad), plus attention 12 * L * width * T (T = block_size, as in the PaLM
-        appendix). Evaluation (forward only): 2 per weight plus 4 * L * width * T."""
+        one (no weight grad), plus attention 12 * L * width * T (T = seq_len, the length of the
+        sequences, block_size if None, as in the PaLM appendix). Evaluation (forward only): 2 per
+        weight plus 4 * L * width * T."""
         trained, frozen = self.matmul_params()
-        attention = self.attention_width() * self.config.block_size
+        attention = self.attention_width() * (seq_len or self.config.block_size)
         if training:
             return 6 * trained + 4 * frozen + 12 * attention
         return 2 * (trained + frozen) + 4 * attention

@@ -63,7 +63,7 @@ def test_sample_schedule_yaml_and_json_are_the_same():
     json_entries = train.load_schedule_file(os.path.join(CONFIGS, 'sample_scaling_schedule.json'))
     assert yaml_entries == json_entries
     assert 4 <= len(yaml_entries) <= 6
-    assert all(not train.OPERATIONS[e['name']].grows for e in yaml_entries)
+    assert all(not train.OPERATIONS[e['name']].rebuilds_optimizer for e in yaml_entries)
     assert [type(e['value']) for e in yaml_entries] == [type(e['value']) for e in json_entries]
 
 
@@ -81,7 +81,7 @@ def test_multiplier_example_has_every_hyperparameter_op(cpu_model):
     path = os.path.join(CONFIGS, 'multiplier_operations_example.yaml')
     entries = train.load_schedule_file(path)
     names = [e['name'] for e in entries]
-    assert sorted(names) == sorted(name for name, op in train.OPERATIONS.items() if not op.grows)
+    assert sorted(names) == sorted(name for name, op in train.OPERATIONS.items() if not op.rebuilds_optimizer)
     last = train.validate_schedule(path, entries, 0, cpu_model)[-1]
     assert last['peak_lr'] == pytest.approx(3e-4, rel=1e-12)
     assert (last['batch_size'], last['grad_accum'], last['warmup_iters'], last['lr_decay_iters'],
@@ -475,8 +475,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(data_dir, tmp_path):
     for index, row in enumerate(RUN_SCHEDULE):
         fires = f"val loss < {row['trigger_loss']:g} or {row['max_wait_iters']} iters after the previous op"
         assert (f"  [{index}] {row['name']}({json.dumps(row['value'])}) when {fires}\n"
-                "      then peak lr ") in result.stdout
-    assert "batch 16 x accum 2" in result.stdout
+                "      then peak_lr ") in result.stdout
+    assert "batch_size 16, grad_accum 2, " in result.stdout
     assert 'SCALING OPERATION' not in result.stdout and 'step 0' not in result.stdout
     assert not out_dir.exists()
 

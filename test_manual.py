@@ -71,13 +71,13 @@ def cosine(lr_max, lr_min, t, warmup, decay):
 def test_loss_trigger_is_strict():
     train.reset_orchestrator([entry('change_lr', 0.5, trigger_loss=2.0)])
     assert run(250, 2.0) == (2.0, [])  # equal is not below
-    assert train.orch.lr_multiplier == 1.0 and len(train.orch.schedule) == 1
+    assert train.orch.multipliers.get('lr', 1.0) == 1.0 and len(train.orch.schedule) == 1
     val_loss, events = run(500, 1.9999)
     assert val_loss == 1.9999
     assert events == [dict(event='op', iter=500, name='change_lr', value=0.5, reason='loss',
                            val_loss_before=1.9999, val_loss_after=None, index=0, changes={},
                            optimizer_policy=None)]
-    assert train.orch.lr_multiplier == 0.5
+    assert train.orch.multipliers['lr'] == 0.5
     assert train.orch.schedule == [] and train.orch.schedule_position == 1 and train.orch.iter_of_last_op == 500
     assert train.orch.executed_ops == [dict(entry('change_lr', 0.5, trigger_loss=2.0), index=0, iter=500, reason='loss')]
 
@@ -123,7 +123,7 @@ def test_back_to_back_in_one_eval_step():
     assert all(e['iter'] == 750 and e['val_loss_before'] == 2.4 for e in events)
     assert train.orch.schedule == [entry('change_eval_iters', 2.0, trigger_loss=2.0)]
     assert train.orch.schedule_position == 3 and train.orch.iter_of_last_op == 750
-    assert (train.orch.lr_multiplier, train.effective_batch_size(), train.effective_eval_interval()) == (0.5, 24, 125)
+    assert (train.orch.multipliers['lr'], train.effective_batch_size(), train.effective_eval_interval()) == (0.5, 24, 125)
     assert train.effective_eval_iters() == 20
 
 
@@ -278,13 +278,13 @@ def test_change_lr_scales_lr_and_min_lr():
     assert train.get_lr(1050) == pytest.approx(5e-5 + 0.5 * 4.5e-4, rel=1e-12)  # 2.75e-4
     assert train.get_lr(2500) == pytest.approx(5e-5, rel=1e-12)
     fire_now(('change_lr', 3.0), iter_num=300)  # factors compound
-    assert train.orch.lr_multiplier == pytest.approx(1.5, rel=1e-12)
+    assert train.orch.multipliers['lr'] == pytest.approx(1.5, rel=1e-12)
     assert train.get_lr(100) == pytest.approx(1.5e-3, rel=1e-12)
 
 
 def test_set_lr_is_absolute():
     fire_now(('change_lr', 4.0), ('set_lr', 5e-4))
-    assert (train.orch.lr_multiplier, train.orch.set_values) == (1.0, {'lr': [5e-4, pytest.approx(5e-5, rel=1e-12)]})
+    assert (train.orch.multipliers['lr'], train.orch.set_values) == (1.0, {'lr': [5e-4, pytest.approx(5e-5, rel=1e-12)]})
     assert train.get_lr(100) == pytest.approx(5e-4, rel=1e-12)
     assert train.get_lr(5000) == pytest.approx(5e-5, rel=1e-12)  # min_lr keeps its ratio to lr
     fire_now(('change_lr', 0.5))  # a factor after a set_ scales the value set
@@ -456,7 +456,7 @@ def test_each_op_changes_only_its_own_setting():
         return dict(lr=train.get_lr(1050), batch_size=train.effective_batch_size(),
                     grad_accum=train.effective_grad_accum(), warmup=train.effective_warmup_iters(),
                     decay=train.effective_lr_decay_iters(), eval_iters=train.effective_eval_iters(),
-                    eval_interval=train.effective_eval_interval())
+                    eval_interval=train.effective_eval_interval(), seq_len=train.effective('seq_len'))
 
     base = settings()
     expected = {'change_lr': dict(lr=2 * 5.5e-4), 'set_lr': dict(lr=5.5e-3), 'change_batch_size': dict(batch_size=24),
@@ -465,16 +465,17 @@ def test_each_op_changes_only_its_own_setting():
                 'change_warmup_iters': dict(warmup=200, decay=4000, lr=cosine(1e-3, 1e-4, 1050, 200, 4000)),
                 'set_warmup_iters': dict(warmup=5, decay=100, lr=1e-4),
                 'change_eval_iters': dict(eval_iters=40), 'set_eval_iters': dict(eval_iters=3),
-                'change_eval_interval': dict(eval_interval=500), 'set_eval_interval': dict(eval_interval=10)}
+                'change_eval_interval': dict(eval_interval=500), 'set_eval_interval': dict(eval_interval=10),
+                'change_seq_len': dict(seq_len=train.block_size // 2), 'set_seq_len': dict(seq_len=7)}
     values = {'set_lr': 1e-2, 'set_batch_size': 5, 'set_grad_accum': 3, 'set_warmup_iters': 5, 'set_eval_iters': 3,
-              'set_eval_interval': 10}
+              'set_eval_interval': 10, 'change_seq_len': 0.5, 'set_seq_len': 7}
     for name, changed in expected.items():
         fire_now((name, values.get(name, 2.0)))
         assert settings() == pytest.approx({**base, **changed}, rel=1e-12), name
         train.reset_orchestrator([])
     # every hyperparameter operation is covered here or (reset_lr_schedule) above
     assert sorted([*expected, 'reset_lr_schedule']) == sorted(
-        name for name, op in train.OPERATIONS.items() if not op.grows)
+        name for name, op in train.OPERATIONS.items() if not op.rebuilds_optimizer)
 
 
 # -----------------------------------------------------------------------------
@@ -519,7 +520,7 @@ def test_only_rank_zero_prints(capsys):
     train.master_process = False
     train.reset_orchestrator([entry('change_lr', 0.5, max_wait_iters=0)])
     _, events = run(0, 2.0)
-    assert fired(events) == [('change_lr', 'timeout')] and train.orch.lr_multiplier == 0.5
+    assert fired(events) == [('change_lr', 'timeout')] and train.orch.multipliers['lr'] == 0.5
     assert capsys.readouterr().out == ''
 
 
@@ -532,7 +533,7 @@ def test_orchestrator_state_round_trip():
     state = train.orchestrator_state()
     assert json.loads(json.dumps(state)) == state  # plain types: a checkpoint loads it with weights_only=True
     assert state['schedule'] == entries[3:] and state['schedule_position'] == 3
-    assert (state['lr_multiplier'], state['warmup_iters_multiplier'], state['lr_schedule_offset']) == (0.5, 2.0, 500)
+    assert (state['multipliers']['lr'], state['multipliers']['warmup_iters'], state['lr_schedule_offset']) == (0.5, 2.0, 500)
     state['schedule'].clear()
     assert train.orch.schedule == entries[3:]  # the state is a copy
 

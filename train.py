@@ -58,7 +58,7 @@ dataset = 'openwebtext'
 data_dir = ''  # '' means data/{dataset}
 gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes; summed over DDP ranks
 batch_size = 12  # if gradient_accumulation_steps > 1, this is the micro-batch size
-block_size = 1024
+block_size = 1024  # the model's context; evals read blocks of it (set_seq_len / change_seq_len train on shorter ones)
 # model
 n_layer = 12
 n_head = 12
@@ -117,13 +117,10 @@ CONFIG_TYPES = {'attn_lora_rank': (int, dict)}
 
 @dataclass
 class Orchestrator:
-    lr_multiplier: float = 1.0  # scales learning_rate and min_lr
-    batch_size_multiplier: float = 1.0
-    grad_accum_multiplier: float = 1.0
+    # each setting of SETTINGS (below) is the config's value, or the last set_ op's, times its multiplier:
+    # the product of the change_ factors since (a setting missing here has never been changed: 1)
+    multipliers: dict = field(default_factory=dict)
     lr_schedule_offset: int = 0  # the lr schedule (warmup, decay) runs on iter_num - lr_schedule_offset
-    warmup_iters_multiplier: float = 1.0  # scales warmup_iters and lr_decay_iters
-    eval_iters_multiplier: float = 1.0
-    eval_interval_multiplier: float = 1.0
     # absolute values of set_ ops (e.g. {'lr': [peak, min]}): a multiplier scales these, not the config's
     set_values: dict = field(default_factory=dict)
     schedule: list = field(default_factory=list)  # the entries still to run, next first
@@ -149,16 +146,29 @@ EVAL_SEED = 0  # eval batches do not depend on `seed`, so runs with different se
 # -----------------------------------------------------------------------------
 # effective values: the loop reads every schedulable setting through these
 
-# a multiplier scales the config's value, or the absolute value of the last set_ op (set_values, checkpointed:
-# a run resumed with another --learning_rate keeps the lr that set_lr gave)
+# a setting of SETTINGS (the table, with the schedule below) is its config value, or the absolute value of the
+# last set_ op (set_values, checkpointed: a run resumed with another --learning_rate keeps the lr that set_lr
+# gave), times its multiplier
+
+def scheduled_value(name):
+    """A setting as the schedule leaves it, before rounding: a list (lr's peak and min) scales as a whole."""
+    value = orch.set_values.get(name, SETTING[name].config_value())
+    multiplier = orch.multipliers.get(name, 1.0)
+    return [v * multiplier for v in value] if isinstance(value, list) else value * multiplier
+
+
+def effective(name):
+    """An integer setting as the loop uses it."""
+    return round(scheduled_value(name))
+
 
 def effective_batch_size():
-    return round(orch.set_values.get('batch_size', batch_size) * orch.batch_size_multiplier)
+    return effective('batch_size')
 
 
 def grad_accum_total():
     """Global accumulation steps before the rounding to the world size."""
-    return orch.set_values.get('grad_accum', gradient_accumulation_steps) * orch.grad_accum_multiplier
+    return scheduled_value('grad_accum')
 
 
 def effective_grad_accum():
@@ -168,35 +178,34 @@ def effective_grad_accum():
 
 
 def effective_eval_iters():
-    return round(orch.set_values.get('eval_iters', eval_iters) * orch.eval_iters_multiplier)
+    return effective('eval_iters')
 
 
 def effective_eval_interval():
-    return round(orch.set_values.get('eval_interval', eval_interval) * orch.eval_interval_multiplier)
+    return effective('eval_interval')
 
 
 def lr_schedule_lengths():
-    """warmup_iters, lr_decay_iters and cooldown_iters (0: a fifth of lr_decay_iters), before the multiplier."""
-    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
-    return orch.set_values.get('warmup_iters', [warmup_iters, lr_decay_iters, cooldown])
+    """warmup_iters, lr_decay_iters and cooldown_iters (0: a fifth of lr_decay_iters) of the config."""
+    return [warmup_iters, lr_decay_iters, cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5]
 
 
 def effective_warmup_iters():
-    return round(lr_schedule_lengths()[0] * orch.warmup_iters_multiplier)
+    return round(scheduled_value('warmup_iters')[0])
 
 
 def effective_lr_decay_iters():
-    return round(lr_schedule_lengths()[1] * orch.warmup_iters_multiplier)
+    return round(scheduled_value('warmup_iters')[1])
 
 
 def effective_cooldown_iters():
-    return round(lr_schedule_lengths()[2] * orch.warmup_iters_multiplier)
+    return round(scheduled_value('warmup_iters')[2])
 
 
 def peak_and_min_lr():
-    """The top and the bottom of the lr schedule: learning_rate and min_lr (or set_lr's), times lr_multiplier."""
-    peak, low = orch.set_values.get('lr', [learning_rate, min_lr])
-    return peak * orch.lr_multiplier, low * orch.lr_multiplier
+    """The top and the bottom of the lr schedule: learning_rate and min_lr (or set_lr's), times the lr multiplier."""
+    peak, low = scheduled_value('lr')
+    return peak, low
 
 
 def scheduled_lr(t, lr_max, lr_min):
@@ -220,7 +229,7 @@ def scheduled_lr(t, lr_max, lr_min):
 
 def get_lr(it):
     """The lr schedule on the schedule's own clock (it - lr_schedule_offset), scaled by
-    lr_multiplier, and re-warmed after a growth op when growth_lr_rewarm_iters > 0."""
+    the lr multiplier, and re-warmed after a growth op when growth_lr_rewarm_iters > 0."""
     lr_max, lr_min = peak_and_min_lr()
     lr = scheduled_lr(it - orch.lr_schedule_offset, lr_max, lr_min) if decay_lr else lr_max
     since_growth = it - orch.iter_of_last_growth
@@ -229,16 +238,20 @@ def get_lr(it):
     return lr
 
 
+def schedule_settings():
+    """What the settings table and reset_lr_schedule set, as the loop uses it: for logs, events and the plan."""
+    settings = {}
+    for setting in SETTINGS:
+        settings.update(setting.shown() if setting.shown is not None else {setting.name: effective(setting.name)})
+    settings['lr_schedule_offset'] = orch.lr_schedule_offset
+    return settings
+
+
 def effective_settings():
     """What an operation can change, for logs, events and the dry-run plan."""
-    settings = dict(peak_lr=peak_and_min_lr()[0], batch_size=effective_batch_size(),
-                    grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
-                    eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
-                    lr_decay_iters=effective_lr_decay_iters(), lr_schedule_offset=orch.lr_schedule_offset)
-    if lr_schedule == 'wsd':
-        settings['cooldown_iters'] = effective_cooldown_iters()
+    settings = schedule_settings()
     settings.update({k: getattr(model.config, k) for k in ARCH_KEYS + LORA_KEYS})
-    settings.update(params=model.get_num_params(), flops_per_token=model.flops_per_token())
+    settings.update(params=model.get_num_params(), flops_per_token=model.flops_per_token(seq_len=effective('seq_len')))
     return settings
 
 
@@ -377,11 +390,6 @@ def growth_generator():
     return torch.Generator().manual_seed(seed + orch.iter_of_last_op)
 
 
-def check_rounds_positive(label, value):
-    if value < 1:
-        raise BadValue(f"this makes {label} round to {value}; it must stay >= 1")
-
-
 def block_params(config):
     """The matmul weights of one block."""
     return 4 * config.n_embd * config.n_head * config.head_size + 2 * config.n_embd * config.n_hidden
@@ -390,8 +398,12 @@ def block_params(config):
 @dataclass
 class Operation:
     check: object  # check(value, model_config) -> None, raises BadValue; runs before step 0
-    apply: object  # apply(value) -> lineage dict for growth ops, None for hyperparameter ops
-    grows: bool = False  # changes the model's parameters (optimizer and wrappers are rebuilt)
+    apply: object  # apply(value) -> lineage dict for ops that rebuild the optimizer, None for hyperparameter ops
+    # changes the model's parameters: the optimizer is rebuilt, its state carried through the lineage, and
+    # the wrappers (compile, DDP) rebuilt
+    rebuilds_optimizer: bool = False
+    # growth: the flops per token change, growth_lr_rewarm_iters re-warms the lr, it waits for a MSG mask ramp
+    changes_architecture: bool = False
     ramp: bool = False  # MSG: starts a mask ramp of value['anneal_iters']
     keeps_function: bool = True  # False: the model computes another function after it (its val loss changes)
 
@@ -404,54 +416,94 @@ def check_count(value):
     check_int(value, 1)
 
 
+def set_lr_values(value):
+    """set_lr: the peak lr = value, min_lr keeps its ratio to learning_rate."""
+    return [value, min_lr * value / learning_rate]
+
+
 def set_warmup_values(value):
     """set_warmup_iters: warmup_iters = value; lr_decay_iters and the cooldown scaled by the same factor
     from the config's."""
-    cooldown = cooldown_iters if cooldown_iters > 0 else lr_decay_iters / 5
-    return [value, lr_decay_iters * value / warmup_iters, cooldown * value / warmup_iters]
+    return [value] + [length * value / warmup_iters for length in lr_schedule_lengths()[1:]]
 
 
-# hyperparameter operations, one row each: change_<setting> multiplies orch.<setting>_multiplier by its
-# value; set_<setting> stores an absolute value in orch.set_values[setting] and resets the multiplier to 1.
-# columns: the setting, the check of set_'s value, what set_ stores (None: the value itself), and the
-# config value that set_'s value is divided by (None: none), which must not be 0
-HYPERPARAMETER_OPS = [
-    ('lr', check_factor, lambda value: [value, min_lr * value / learning_rate], 'learning_rate'),  # min_lr: same ratio
-    ('batch_size', check_count, None, None),
-    ('grad_accum', check_count, None, None),
-    ('warmup_iters', check_count, set_warmup_values, 'warmup_iters'),
-    ('eval_iters', check_count, None, None),
-    ('eval_interval', check_count, None, None),
-]
+def shown_lr():
+    return dict(peak_lr=peak_and_min_lr()[0])
 
 
-def check_set(absolute_check, setting, base_key):
+def shown_warmup():
+    lengths = dict(warmup_iters=effective_warmup_iters(), lr_decay_iters=effective_lr_decay_iters())
+    return dict(lengths, cooldown_iters=effective_cooldown_iters()) if lr_schedule == 'wsd' else lengths
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # its ops are change_<name> and set_<name>
+    config_value: object  # () -> the config's value: what the multiplier scales until a set_ op replaces it
+    check: object  # check(value) of set_'s value, raises BadValue
+    stored: object = None  # set_'s value -> what set_values[name] holds (None: the value itself)
+    divides_by: str = None  # the config key `stored` divides by: set_ is refused while it is 0
+    label: str = None  # an integer setting, named so in messages: it must round to 1 or more
+    maximum: str = None  # the config key an integer setting may not exceed
+    shown: object = None  # () -> {field: value} for logs, events and the plan; None: {name: effective(name)}
+
+
+# the settings table: everything the schedule can scale or set, one row each. change_<name> multiplies
+# orch.multipliers[name] by its value; set_<name> stores an absolute value in orch.set_values[name] and resets
+# the multiplier to 1. The loop reads a setting through scheduled_value / effective (and the helpers above);
+# the op log, the events and the plan show what `shown` returns; a checkpoint without a row's multiplier or
+# set value (it predates the row) resumes with the config's value.
+SETTINGS = (
+    Setting('lr', lambda: [learning_rate, min_lr], check_factor, set_lr_values, 'learning_rate', shown=shown_lr),
+    Setting('batch_size', lambda: batch_size, check_count, label='the batch size'),
+    Setting('grad_accum', lambda: gradient_accumulation_steps, check_count,
+            label='the gradient accumulation steps', shown=lambda: dict(grad_accum=effective_grad_accum())),
+    Setting('eval_interval', lambda: eval_interval, check_count, label='eval_interval'),
+    Setting('eval_iters', lambda: eval_iters, check_count, label='eval_iters'),
+    Setting('warmup_iters', lr_schedule_lengths, check_count, set_warmup_values, 'warmup_iters', shown=shown_warmup),
+    Setting('seq_len', lambda: block_size, check_count, label='seq_len', maximum='block_size'),  # training sequences
+)
+SETTING = {setting.name: setting for setting in SETTINGS}
+
+
+def check_in_range(setting):
+    """An integer setting the schedule leaves below 1 (or above its maximum) is refused."""
+    if setting.label is None:
+        return
+    value = effective(setting.name)
+    if value < 1:
+        raise BadValue(f"this makes {setting.label} round to {value}; it must stay >= 1")
+    if setting.maximum is not None and value > globals()[setting.maximum]:
+        raise BadValue(f"this makes {setting.label} {value}, more than {setting.maximum} "
+                       f"{globals()[setting.maximum]}; it must stay <= {setting.maximum}")
+
+
+def check_set(setting):
     def check(value, _config):
-        absolute_check(value)
-        if base_key is not None and globals()[base_key] == 0:
-            raise BadValue(f"cannot set {setting}: the config's {base_key} is 0")
+        setting.check(value)
+        if setting.divides_by is not None and globals()[setting.divides_by] == 0:
+            raise BadValue(f"cannot set {setting.name}: the config's {setting.divides_by} is 0")
     return check
 
 
 def change_op(setting):
     def apply(value):
-        multiplier = f'{setting}_multiplier'
-        setattr(orch, multiplier, getattr(orch, multiplier) * value)
+        orch.multipliers[setting.name] = orch.multipliers.get(setting.name, 1.0) * value
     return apply
 
 
-def set_op(setting, stored):
+def set_op(setting):
     def apply(value):
-        orch.set_values[setting] = stored(value) if stored is not None else value
-        setattr(orch, f'{setting}_multiplier', 1.0)
+        orch.set_values[setting.name] = setting.stored(value) if setting.stored is not None else value
+        orch.multipliers[setting.name] = 1.0
     return apply
 
 
 def hyperparameter_operations():
     operations = {}
-    for setting, absolute_check, stored, base_key in HYPERPARAMETER_OPS:
-        operations[f'change_{setting}'] = Operation(check_change, change_op(setting))
-        operations[f'set_{setting}'] = Operation(check_set(absolute_check, setting, base_key), set_op(setting, stored))
+    for setting in SETTINGS:
+        operations[f'change_{setting.name}'] = Operation(check_change, change_op(setting))
+        operations[f'set_{setting.name}'] = Operation(check_set(setting), set_op(setting))
     return operations
 
 
@@ -623,19 +675,24 @@ def msg_widen_embd(value):
     return model.msg_widen_embd(round(model.config.n_embd * value['factor']), growth_generator())
 
 
+# a growth op changes the parameters and the architecture. A LoRA rank change counts as growth: it brings
+# parameters with no optimizer history (fresh adapters, or the full weights once the rank is 0) and changes
+# the flops per token. An alpha change or a merge keeps the architecture: fresh adapters in place of the old
+# ones, the lr not re-warmed
+GROWTH = dict(rebuilds_optimizer=True, changes_architecture=True)
 OPERATIONS.update({
     'reset_lr_schedule': Operation(lambda value, _config: check_null(value), reset_lr_schedule),
-    'stack_layers': Operation(check_stack_layers, stack_layers, grows=True, keeps_function=False),
-    'widen_mlp': Operation(check_widen, widen_mlp, grows=True),
-    'change_attn_lora_rank': Operation(check_lora_rank('attn'), change_lora_rank('attn'), grows=True),
-    'change_embedding_lora_rank': Operation(check_lora_rank('embedding'), change_lora_rank('embedding'), grows=True),
-    'set_attn_lora_rank': Operation(check_set_attn_lora_rank, set_attn_lora_rank, grows=True),
-    'change_lora_alpha': Operation(check_lora_op, change_lora_alpha, grows=True),
-    'merge_lora_weights': Operation(check_merge_lora, merge_lora_weights, grows=True),
-    'msg_widen_mlp': Operation(check_msg_widen_mlp, msg_widen_mlp, grows=True, ramp=True),
-    'msg_add_heads': Operation(check_msg_heads, msg_add_heads, grows=True, ramp=True),
-    'msg_stack_layers': Operation(check_msg_stack, msg_stack_layers, grows=True, ramp=True),
-    'msg_widen_embd': Operation(check_msg_widen_embd, msg_widen_embd, grows=True, ramp=True),
+    'stack_layers': Operation(check_stack_layers, stack_layers, **GROWTH, keeps_function=False),
+    'widen_mlp': Operation(check_widen, widen_mlp, **GROWTH),
+    'change_attn_lora_rank': Operation(check_lora_rank('attn'), change_lora_rank('attn'), **GROWTH),
+    'change_embedding_lora_rank': Operation(check_lora_rank('embedding'), change_lora_rank('embedding'), **GROWTH),
+    'set_attn_lora_rank': Operation(check_set_attn_lora_rank, set_attn_lora_rank, **GROWTH),
+    'change_lora_alpha': Operation(check_lora_op, change_lora_alpha, rebuilds_optimizer=True),
+    'merge_lora_weights': Operation(check_merge_lora, merge_lora_weights, rebuilds_optimizer=True),
+    'msg_widen_mlp': Operation(check_msg_widen_mlp, msg_widen_mlp, **GROWTH, ramp=True),
+    'msg_add_heads': Operation(check_msg_heads, msg_add_heads, **GROWTH, ramp=True),
+    'msg_stack_layers': Operation(check_msg_stack, msg_stack_layers, **GROWTH, ramp=True),
+    'msg_widen_embd': Operation(check_msg_widen_embd, msg_widen_embd, **GROWTH, ramp=True),
 })
 
 
@@ -769,10 +826,15 @@ def orchestrator_state():
 
 
 def load_orchestrator_state(state):
-    """The orchestrator state from a copy of `state` (as orchestrator_state returns it); a key it lacks keeps
-    its default (set_values: none in checkpoints of before issue 15, whose set_ ops were ratios)."""
+    """The orchestrator state from a copy of `state` (as orchestrator_state returns it). A field it lacks
+    (a checkpoint from before the field) keeps its default; a checkpoint from before the settings table
+    kept each multiplier in a field of its own, <setting>_multiplier."""
     global orch
-    orch = Orchestrator(**json.loads(json.dumps(state)))
+    state = json.loads(json.dumps(state))
+    multipliers = state.setdefault('multipliers', {})
+    for key in [k for k in state if k.endswith('_multiplier')]:
+        multipliers[key.removesuffix('_multiplier')] = state.pop(key)
+    orch = Orchestrator(**state)
 
 
 def reset_orchestrator(entries=()):
@@ -827,7 +889,7 @@ def last_eval_before_end(last_op_iter):
 
 def held_until(entry, due, ramp_end):
     """due, or the end of the mask ramp for a growth op while one rises."""
-    return max(due, ramp_end) if OPERATIONS[entry['name']].grows and ramp_end is not None else due
+    return max(due, ramp_end) if OPERATIONS[entry['name']].changes_architecture and ramp_end is not None else due
 
 
 def timeout_eval(entry, last_op_iter, ramp_end):
@@ -870,10 +932,8 @@ def simulate_entry(path, index, entry):
         if operation.ramp:
             model.fold_ramp()
         settings = effective_settings()
-        check_rounds_positive('the batch size', settings['batch_size'])
-        check_rounds_positive('the gradient accumulation steps', round(grad_accum_total()))
-        check_rounds_positive('eval_iters', settings['eval_iters'])
-        check_rounds_positive('eval_interval', settings['eval_interval'])
+        for setting in SETTINGS:
+            check_in_range(setting)
         check_fits_in_memory(f"{path}: entry {index} ({entry['name']})")
     except BadValue as e:
         raise ScheduleError(path, index, 'value', f"{entry['name']}: {e}") from None
@@ -892,6 +952,11 @@ def validate_schedule(path, entries, first_index, model_config):
     plan, timings = [], []
     with simulation(model_config):
         check_fits_in_memory('config')
+        try:  # the ops a resumed run already ran, against its config (a set_seq_len above a smaller block_size)
+            for setting in SETTINGS:
+                check_in_range(setting)
+        except BadValue as e:
+            raise ScheduleError(path, None, None, f"the operations already run: {e}") from None
         # three walks at once, each as [iter of the previous op, end of the mask ramp]: every entry at its
         # timeout (latest), every entry as early as it can fire (early), and in orch every entry as late as
         # it can fire and still change training (the iters of the lr warnings)
@@ -911,7 +976,7 @@ def validate_schedule(path, entries, first_index, model_config):
             orch.iter_of_last_op, decay_end = fired, lr_decay_end()
             settings = simulate_entry(path, index, entry)
             latest[0], early[0] = timeout, first
-            if operation.grows:
+            if operation.changes_architecture:
                 orch.iter_of_last_growth = fired
             if operation.ramp:
                 anneal = entry['value']['anneal_iters']
@@ -978,8 +1043,9 @@ def print_plan(plan):
     print(f"plan: {len(plan)} operations")
     for row in plan:
         print(f"  [{row['index']}] {row['name']}({json.dumps(row['value'])}) when {row['fires']}")
-        print(f"      then peak lr {row['peak_lr']:.3g}, batch {row['batch_size']} x accum {row['grad_accum']}, "
-              + ''.join(f"{k} {row[k]}, " for k in ARCH_KEYS) +
+        print("      then " + ', '.join(f"{k} {row[k]:.3g}" if isinstance(row[k], float) else f"{k} {row[k]}"
+                                     for k in schedule_settings()))
+        print("      model " + ''.join(f"{k} {row[k]}, " for k in ARCH_KEYS) +
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
               f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
         if row['latest_iter'] is not None:
@@ -1060,10 +1126,10 @@ def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
     before = effective_settings() if model is not None else {}
     started = time.time()
     lineage = operation.apply(entry['value'])
-    if operation.grows:
+    if operation.changes_architecture:
         orch.iter_of_last_growth = iter_num
-        if on_growth is not None:
-            on_growth(lineage)
+    if operation.rebuilds_optimizer and on_growth is not None:
+        on_growth(lineage)
     if operation.ramp:
         orch.active_ramp = dict(name=entry['name'], start_iter=iter_num, anneal_iters=entry['value']['anneal_iters'])
         model.set_growth_mask(0.0)
@@ -1076,9 +1142,10 @@ def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
     if master_process:
         for key, (old, new) in changes.items():
             print(f"New {key}: {old} -> {new}")
-        if operation.grows:
+        if operation.rebuilds_optimizer:
+            rewarm = growth_lr_rewarm_iters if operation.changes_architecture else 0
             print(f"Growth policy: optimizer state '{growth_optimizer_state}', "
-                  f"lr re-warmup {growth_lr_rewarm_iters} iters; op took {seconds:.3f}s")
+                  f"lr re-warmup {rewarm} iters; op took {seconds:.3f}s")
         if operation.ramp:
             print(f"MSG mask ramps 0 -> 1 over {orch.active_ramp['anneal_iters']} iters")
         print("=== SCALING OPERATION COMPLETE ===")
@@ -1096,7 +1163,7 @@ def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_ev
         reason = trigger_reason(entry, iter_num, val_loss)
         if reason is None:
             break
-        if OPERATIONS[entry['name']].grows and orch.active_ramp is not None:
+        if OPERATIONS[entry['name']].changes_architecture and orch.active_ramp is not None:
             if master_process:
                 print(f"orchestrator: {entry['name']} waits for the {orch.active_ramp['name']} mask ramp to finish")
             break
@@ -1108,7 +1175,7 @@ def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_ev
             log_event(dict(event='op', iter=iter_num, name=entry['name'], value=entry['value'], reason=reason,
                            val_loss_before=val_loss, val_loss_after=val_loss_after,
                            index=orch.schedule_position - 1, changes=changes,
-                           optimizer_policy=growth_optimizer_state if OPERATIONS[entry['name']].grows else None))
+                           optimizer_policy=growth_optimizer_state if OPERATIONS[entry['name']].rebuilds_optimizer else None))
         if not OPERATIONS[entry['name']].keeps_function:
             progress['best_val_loss'] = 1e9
             measured = False
@@ -1235,13 +1302,15 @@ def largest_token(path):
     return largest
 
 
-def get_batch(split, generator, size):
+def get_batch(split, generator, size, length=None):
+    """size sequences of length tokens (block_size if None) and their next tokens."""
+    length = length or block_size
     # recreate np.memmap every batch to avoid a memory leak, as per
     # https://stackoverflow.com/questions/45132940/numpy-memmap-memory-usage-want-to-iterate-once/61472122#61472122
     data = np.memmap(os.path.join(data_path(), f'{split}.bin'), dtype=np.uint16, mode='r')
-    ix = torch.randint(len(data) - block_size, (size,), generator=generator)
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    ix = torch.randint(len(data) - length, (size,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + length].astype(np.int64)) for i in ix])
     if device.startswith('cuda'):
         # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -1348,12 +1417,7 @@ def load_checkpoint(path, mmap=False):
     """The checkpoint to resume from, with every key a resume reads (a UserError otherwise); mmap: see checkpoint.py."""
     if not os.path.isfile(path):
         raise UserError(f"init_from='resume': no checkpoint at {path}")
-    checkpoint = ckpt_files.load_checkpoint(path, CHECKPOINT_KEYS, mmap)
-    missing = [f'orchestrator.{k}' for k in ORCHESTRATOR_KEYS
-               if k not in checkpoint['orchestrator'] and k != 'set_values']
-    if missing:
-        raise UserError(f"{path}: not a checkpoint of this train.py: missing '{missing[0]}'")
-    return checkpoint
+    return ckpt_files.load_checkpoint(path, CHECKPOINT_KEYS, mmap)
 
 
 def rng_state(generator):
@@ -1422,7 +1486,8 @@ data_generator = None
 stop_signals = []  # SIGTERM / SIGINT received: checkpoint and exit at the next iteration
 stopped_by = 0  # the signal the run stopped for (under DDP: agreed by the ranks); the exit status is 128 + it
 nonfinite_in_a_row = 0  # non-finite steps skipped in a row (skip_nonfinite_steps)
-flops_per_token = flops_per_forward = 0  # of a training step with the current model; refreshed when it changes
+flops_per_token = {}  # sequence length -> flops per token of a training step with the current model; emptied when it changes
+flops_per_forward = 0  # of a training step with the current model; refreshed when it changes
 
 
 MAX_SEED = 2**63 - 2**20
@@ -1636,7 +1701,7 @@ def check_inputs():
 def build_optimizer():
     """New optimizers for the model as it is now (and its training flops, for the counters)."""
     global optimizers, optimizer_names, flops_per_token, flops_per_forward
-    flops_per_token, flops_per_forward = model.flops_per_token(), model.flops_per_forward()
+    flops_per_token, flops_per_forward = {}, model.flops_per_forward()
     optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer)
     optimizer_names = {p: name for name, p in model.named_parameters()}
 
@@ -1756,10 +1821,8 @@ def reevaluate_val_loss():
 def eval_event(losses, elapsed_s):
     it = progress['iter_num']
     return dict(event='eval', iter=it, tokens=progress['tokens'], train_loss=losses['train'],
-                val_loss=losses['val'], lr=get_lr(it), batch_size=effective_batch_size(),
-                grad_accum=effective_grad_accum(), eval_interval=effective_eval_interval(),
-                eval_iters=effective_eval_iters(), warmup_iters=effective_warmup_iters(),
-                lr_decay_iters=effective_lr_decay_iters(), **{k: getattr(model.config, k) for k in ARCH_KEYS},
+                val_loss=losses['val'], lr=get_lr(it), **schedule_settings(),
+                **{k: getattr(model.config, k) for k in ARCH_KEYS},
                 params=model.get_num_params(), flops=progress['flops'],
                 eval_flops=progress['eval_flops'], mask=ramp_mask(it), elapsed_s=elapsed_s)
 
@@ -1799,7 +1862,7 @@ def train_step(iter_num, next_batch=None):
     for param_group in optimizers.param_groups:  # AdamW's and Muon's alike
         param_group['lr'] = lr
     micro_steps = effective_grad_accum() // ddp_world_size
-    step_batch_size = effective_batch_size()
+    step_batch_size, seq_len = effective_batch_size(), effective('seq_len')
     # every micro step's loss is checked (without grad_clip a NaN in any of them reaches the gradients
     # unseen by the norm); the flag stays on the device, so there is no sync per micro step
     loss_nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -1807,7 +1870,7 @@ def train_step(iter_num, next_batch=None):
         if ddp:
             # sync gradients at the last micro step only
             train_model.require_backward_grad_sync = (micro_step == micro_steps - 1)
-        X, Y = (next_batch or get_batch)('train', data_generator, step_batch_size)
+        X, Y = (next_batch or get_batch)('train', data_generator, step_batch_size, seq_len)
         with ctx:
             _, loss = train_model(X, Y)
             loss = loss / micro_steps
@@ -1823,12 +1886,15 @@ def train_step(iter_num, next_batch=None):
         scaler.step(optimizers)
     scaler.update()
     optimizers.zero_grad(set_to_none=True)
-    return loss, micro_steps, micro_steps * ddp_world_size * step_batch_size * block_size, applied
+    return loss, micro_steps, micro_steps * ddp_world_size * step_batch_size * seq_len, applied
 
 
-def step_flops(tokens, micro_steps):
-    """Training flops of one step, all ranks together (each rank runs micro_steps forwards)."""
-    return flops_per_token * tokens + flops_per_forward * micro_steps * ddp_world_size
+def step_flops(tokens, micro_steps, seq_len=None):
+    """Training flops of one step of sequences of seq_len tokens (the model's block_size if None), all ranks
+    together (each rank runs micro_steps forwards)."""
+    if seq_len not in flops_per_token:
+        flops_per_token[seq_len] = model.flops_per_token(seq_len=seq_len)
+    return flops_per_token[seq_len] * tokens + flops_per_forward * micro_steps * ddp_world_size
 
 
 def per_gpu_mfu(flops, dt):
@@ -2009,7 +2075,9 @@ def main(config):
     wandb_run, log_event = open_logging(config, checkpoint)
     del checkpoint  # free its memory
     if master_process:
-        print(f"tokens per iteration will be: {effective_grad_accum() * effective_batch_size() * block_size:,}")
+        grad_accum, micro_batch, seq_len = effective_grad_accum(), effective_batch_size(), effective('seq_len')
+        print(f"tokens per iteration will be: {grad_accum * micro_batch * seq_len:,} "
+              f"(grad accum {grad_accum} x batch {micro_batch} x seq_len {seq_len})")
         print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
         print(describe_optimizer())
         print(f"precision: {dtype}" + (f" autocast on {device_type}, float32 weights" if dtype != 'float32' else '')
@@ -2060,7 +2128,7 @@ def main(config):
             break
 
         loss, micro_steps, tokens, _ = train_step(iter_num)
-        flops = step_flops(tokens, micro_steps)
+        flops = step_flops(tokens, micro_steps, effective('seq_len'))
         progress['tokens'] += tokens
         progress['flops'] += flops
 

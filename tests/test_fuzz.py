@@ -86,6 +86,7 @@ OP_VALUES = {
     'change_warmup_iters': FACTOR, 'set_warmup_iters': st.integers(min_value=1, max_value=10),
     'change_eval_iters': FACTOR, 'set_eval_iters': st.integers(min_value=1, max_value=4),
     'change_eval_interval': FACTOR, 'set_eval_interval': st.integers(min_value=1, max_value=20),
+    'change_seq_len': st.floats(min_value=0.1, max_value=1.0), 'set_seq_len': st.integers(min_value=1, max_value=16),
     'reset_lr_schedule': st.none(),
     'stack_layers': st.just(2) | st.lists(st.integers(min_value=0, max_value=2), min_size=1, max_size=4),
     'widen_mlp': GROW | st.fixed_dictionaries({'factor': GROW, 'noise': st.sampled_from([0.0, 0.01])}),
@@ -249,7 +250,7 @@ def test_fuzz_schedule_file_is_accepted_whole_or_refused_in_one_line(data_dir, r
 # -----------------------------------------------------------------------------
 # op sequences applied for real
 
-SETTINGS = ['peak_lr', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'warmup_iters', 'lr_decay_iters',
+SETTINGS = ['peak_lr', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'warmup_iters', 'lr_decay_iters', 'seq_len',
             'n_layer', 'n_head', 'head_size', 'n_embd', 'n_hidden', 'attn_lora_rank', 'embedding_lora_rank',
             'lora_alpha', 'params', 'flops_per_token']  # all but lr_schedule_offset, the iter an op fires at
 
@@ -266,7 +267,7 @@ def runs(draw):
                   growth_lr_rewarm_iters=draw(st.sampled_from([0, 3])), grad_clip=draw(st.sampled_from([0.0, 1.0])),
                   gradient_accumulation_steps=draw(st.integers(min_value=1, max_value=2)),
                   optimizer=draw(st.sampled_from(['adamw', 'muon'])))
-    growth = sorted(name for name, op in train.OPERATIONS.items() if op.grows)
+    growth = sorted(name for name, op in train.OPERATIONS.items() if op.rebuilds_optimizer)
     names = draw(st.lists(st.sampled_from(sorted(OP_VALUES)) | st.sampled_from(growth), min_size=1, max_size=6))
     schedule = [dict(name=name, value=draw(OP_VALUES[name]), trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
                 for name in names]
@@ -386,7 +387,7 @@ def apply_for_real(settings, schedule, steps_before, data_dir, out_dir):
         batch = torch.randint(0, model_config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
         for index, entry in enumerate(list(schedule)):
             operation = train.OPERATIONS[entry['name']]
-            while operation.grows and train.orch.active_ramp is not None:  # main() holds growth while a mask rises
+            while operation.changes_architecture and train.orch.active_ramp is not None:  # main() holds growth while a mask rises
                 training_step()
             for _ in range(steps_before[index]):
                 training_step()
@@ -396,7 +397,7 @@ def apply_for_real(settings, schedule, steps_before, data_dir, out_dir):
             real = train.effective_settings()
             assert {k: plan[index][k] for k in SETTINGS} == {k: real[k] for k in SETTINGS}
             assert parameters_of(train.model) == predicted[index]
-            if not operation.grows:
+            if not operation.rebuilds_optimizer:
                 assert all(torch.equal(v, params_before[k]) for k, v in train.model.state_dict().items())
                 assert torch.equal(logits(batch), before)
             elif operation.keeps_function and not (isinstance(entry['value'], dict) and entry['value'].get('noise')):
@@ -422,6 +423,7 @@ ALONE = {  # a value for each operation, on a model with LoRA on for the LoRA op
     'change_lr': 0.5, 'set_lr': 3e-3, 'change_batch_size': 2.0, 'set_batch_size': 3, 'change_grad_accum': 2.0,
     'set_grad_accum': 3, 'change_warmup_iters': 2.0, 'set_warmup_iters': 7, 'change_eval_iters': 2.0,
     'set_eval_iters': 3, 'change_eval_interval': 0.5, 'set_eval_interval': 4, 'reset_lr_schedule': None,
+    'change_seq_len': 0.5, 'set_seq_len': 5,
     'stack_layers': [0, 1, 1], 'widen_mlp': 1.5, 'change_attn_lora_rank': 1.5, 'change_embedding_lora_rank': 0,
     'change_lora_alpha': 2.0, 'merge_lora_weights': None, 'set_attn_lora_rank': {'0': 4, '-1': 0},
     'msg_widen_mlp': {'factor': 1.5, 'anneal_iters': 2},

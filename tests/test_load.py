@@ -79,4 +79,4 @@ def test_200_entry_schedule_fires_every_op_once_in_order(tmp_path):
     assert checkpoint['iter_num'] == 100
     assert (state['schedule'], state['schedule_position'], state['iter_of_last_op']) == ([], 200, 100)
     assert [(op['index'], op['iter']) for op in state['executed_ops']] == [(i, 2 * (i // 4 + 1)) for i in range(200)]
-    assert abs(state['lr_multiplier'] - 1.0) < 1e-12  # 25 x 1.01 and 25 x 1/1.01
+    assert abs(state['multipliers']['lr'] - 1.0) < 1e-12  # 25 x 1.01 and 25 x 1/1.01

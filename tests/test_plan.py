@@ -107,7 +107,7 @@ def test_plan_iters_and_warnings_are_the_real_runs(tmp_path):
         "lr decay to iter 90, after max_iters 80: the run would end at lr 2.69e-04, above min_lr 1.00e-04",
         f"warning: {schedule}: entry 3 (set_lr) never runs: it can fire at iter 1050 at the earliest (1000 iters after "
         "the previous op at iter 50), after max_iters 80"]
-    fires = re.findall(r"^  \[\d\] (\w+)\(.*\n      then .*\n(?:      fires at iter (\d+) at the latest\n)?", dry.stdout, re.M)
+    fires = re.findall(r"^  \[\d\] (\w+)\(.*\n      then .*\n      model .*\n(?:      fires at iter (\d+) at the latest\n)?", dry.stdout, re.M)
     assert fires == [('msg_widen_mlp', '10'), ('stack_layers', '50'), ('reset_lr_schedule', '50'), ('set_lr', '')]
 
     run = run_train(args)

@@ -183,7 +183,7 @@ def test_checkpoint_is_plain_types(runs):
     orchestrator = checkpoint['orchestrator']
     assert orchestrator['schedule_position'] == 5 and orchestrator['iter_of_last_op'] == 60
     assert [tuple(e[k] for k in train.ENTRY_KEYS) for e in orchestrator['schedule']] == SCHEDULE[5:]
-    assert orchestrator['batch_size_multiplier'] == 2.0 and orchestrator['lr_multiplier'] == 0.5
+    assert orchestrator['multipliers'] == {'batch_size': 2.0, 'lr': 0.5}
     assert checkpoint['config']['max_iters'] == N // 2 and checkpoint['config']['n_layer'] == 1
     assert isinstance(checkpoint['rng'], list) and len(checkpoint['rng']) == 1
 
