@@ -119,7 +119,7 @@ def test_flags_of_each_operation():
     growth = sorted(name for name, op in train.OPERATIONS.items() if op.changes_architecture)
     rebuilds = sorted(name for name, op in train.OPERATIONS.items() if op.rebuilds_optimizer)
     assert growth == ['change_attn_lora_rank', 'change_embedding_lora_rank', 'msg_add_heads', 'msg_stack_layers',
-                      'msg_widen_embd', 'msg_widen_mlp', 'stack_layers', 'widen_mlp']
+                      'msg_widen_embd', 'msg_widen_mlp', 'set_attn_lora_rank', 'stack_layers', 'widen_mlp']
     assert rebuilds == sorted(growth + ['change_lora_alpha', 'merge_lora_weights'])
 
 
