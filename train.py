@@ -616,14 +616,14 @@ def freeze(value):
 def check_unfreeze(value, _config):
     frozen, under_adapter = set(model.config.frozen), model.weights_under_adapter()
     for pattern, names in resolved_components(value):
-        if frozen.isdisjoint(names):
-            raise BadValue(f"{pattern!r} matches nothing frozen at this point "
-                           f"(frozen: {', '.join(model.frozen_components()) or 'nothing'})")
         adapted = [name for name in names if name in under_adapter and name not in frozen]
         if adapted:
             raise BadValue(f"{pattern!r} names {adapted[0].removeprefix('transformer.')}, which has a LoRA adapter "
                            "at this point: LoRA keeps the weight frozen and trains the adapter; unfreeze the parts "
                            "without adapters, or remove the adapter first (its change_*_lora_rank with value 0)")
+        if frozen.isdisjoint(names):
+            raise BadValue(f"{pattern!r} matches nothing frozen at this point "
+                           f"(frozen: {', '.join(model.frozen_components()) or 'nothing'})")
 
 
 def unfreeze(value):
