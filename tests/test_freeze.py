@@ -364,3 +364,23 @@ def test_bad_pattern_is_one_line_before_step_0(runs, tmp_path):
         f"error: {schedule}: entry 0, field 'value': freeze: 'h.1' matches nothing at this point: the model has 1 "
         "layers (h.0 to h.0), no layer 1"]
     assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').iterdir())
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_through_freeze_and_unfreeze(tmp_path):
+    """2 ranks (gloo): a freeze, a stack of the frozen layer, an unfreeze. DDP registers the parameters that
+    train when it is built, so both ops rebuild it: without that, the frozen parameters' missing gradients
+    stop the run, and an unfrozen parameter's gradients would not be averaged (the ranks would drift)."""
+    from helpers import TORCHRUN
+    from test_ddp import DUMPING_TRAIN, assert_ranks_identical
+    schedule = [('freeze', ['wte', 'h.0'], 0.0, 10, False), ('stack_layers', [0, 0], 0.0, 10, False),
+                ('unfreeze', 'h.*', 0.0, 10, False)]
+    runs = trained_runs(tmp_path, schedule, always_save_checkpoint=True, gradient_accumulation_steps=1, max_iters=40)
+    (tmp_path / 'dumping_train.py').write_text(DUMPING_TRAIN)
+    out = tmp_path / 'out'
+    result = run_train(runs['args'](out), command=TORCHRUN + [str(tmp_path / 'dumping_train.py')], timeout=180)
+    assert result.returncode == 0, describe_run(result)
+    checkpoint = assert_ranks_identical(out)
+    assert checkpoint['model_args']['frozen'] == ['transformer.wte.weight']
+    assert [(e['iter'], e['name']) for e in read_events(out) if e['event'] == 'op'] == [
+        (10, 'freeze'), (20, 'stack_layers'), (30, 'unfreeze')]
