@@ -9,7 +9,8 @@ its values came from, as (old_name, dim, index):
                       copies, -1 marks a fresh slice
   (None, None, None)  a fresh tensor
 carry_optimizer_state (below) carries the optimizer state (AdamW's moments, Muon's momentum) through
-this lineage; train.py calls it.
+this lineage; train.py calls it. The frozen set (config.frozen, the freeze op's) goes through the same
+lineage inside the model (carries_frozen): a copy of a frozen tensor is frozen.
 
 Masked structural growth (MSG): new structure is multiplied by `growth_mask`, a scalar that
 train.py raises from 0 to 1; at 0 the network computes exactly what it computed before.

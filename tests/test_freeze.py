@@ -8,7 +8,8 @@ freeze / unfreeze (issue 22 item 1):
   matrix stays frozen, a fresh layer is not), lives in the checkpoint, and a resume is exact;
 - FLOPs per token: 4 instead of 6 for a frozen matrix (no weight gradient), exactly;
 - refused before step 0, one line: a pattern matching nothing at that point, nothing left to train,
-  unfreezing a weight under a LoRA adapter, a bad pattern, fresh values put into a frozen tensor.
+  unfreezing a weight under a LoRA adapter, a bad pattern, fresh values put into a frozen tensor;
+- not growth: no lr re-warmup, no wait for an MSG ramp; under 2-rank DDP (gloo) the ranks stay identical.
 """
 
 import contextlib
@@ -243,6 +244,21 @@ def test_growth_carries_the_frozen_set_and_the_plan_predicts_it(run):
     states = {train.optimizer_names[p]: state for p, state in train.optimizers.state.items()}
     assert all(states[name]['step'].item() == 1 for name in train.model.config.frozen)
     steps(1)
+
+
+def test_freeze_is_not_growth(run):
+    """No lr re-warmup after it, and it does not wait for an MSG mask ramp to finish."""
+    schedule = [dict(name='msg_widen_mlp', value={'factor': 1.5, 'anneal_iters': 100}, trigger_loss=0.0,
+                     max_wait_iters=0, reevaluate=False),
+                dict(name='freeze', value='h.0', trigger_loss=0.0, max_wait_iters=10, reevaluate=False)]
+    run(schedule, growth_lr_rewarm_iters=50)
+    plan = train.validate_schedule('s.json', schedule, 0, train.model.config)
+    assert [row['latest_iter'] for row in plan] == [0, 10]
+    fire_next()
+    steps(10)
+    assert train.run_orchestrator(10, 1.0, on_growth=train.rebuild_after_growth, on_rewrap=train.refresh_trainable) == 1.0
+    assert [op['name'] for op in train.orch.executed_ops] == ['msg_widen_mlp', 'freeze']
+    assert train.orch.active_ramp is not None and train.orch.iter_of_last_growth == 0
 
 
 # -----------------------------------------------------------------------------
