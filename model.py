@@ -115,6 +115,17 @@ def component_modules(pattern, n_layer):
     return [f'transformer.h.{i}' + (f'.{part}' if part else '') for i in indices]
 
 
+def layer_runs(layers):
+    """Sorted layer indices as patterns, a run of consecutive ones as one range: [0, 1, 2, 5] -> ['h.0-2', 'h.5']."""
+    runs = []
+    for i in layers:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return [f'h.{first}' if first == last else f'h.{first}-{last}' for first, last in runs]
+
+
 def carries_frozen(grow):
     """A growth method whose lineage the frozen set goes through: a new tensor is frozen when the tensor it
     comes from was (a stacked copy of a frozen layer is frozen, a widened frozen matrix stays frozen, fresh
@@ -552,8 +563,9 @@ class GPT(nn.Module):
 
     def flops_per_token(self, training=True):
         """Training: 6 per trained matmul weight (forward, input grad, weight grad), 4 per frozen
-        one (no weight grad; its input grad is counted even where nothing below it trains), plus attention 12 * L * width * T (T = block_size, as in the PaLM
-        appendix). Evaluation (forward only): 2 per weight plus 4 * L * width * T."""
+        one (no weight grad; its input grad is counted even where nothing below it trains), plus
+        attention 12 * L * width * T (T = block_size, as in the PaLM appendix). Evaluation (forward
+        only): 2 per weight plus 4 * L * width * T."""
         trained, frozen = self.matmul_params()
         attention = self.attention_width() * self.config.block_size
         if training:
@@ -614,14 +626,18 @@ class GPT(nn.Module):
     def component_parameters(self, pattern):
         """The names of the parameters (LoRA adapters aside: they follow their weight) of the components a
         pattern names (see component_modules); a ValueError where it names none."""
-        modules = component_modules(pattern, self.config.n_layer)
-        names = [name for name, _ in self.named_parameters() if not name.endswith(('.lora_A', '.lora_B'))
-                 and any(name.startswith(module + '.') for module in modules)]
+        names = [name for module in component_modules(pattern, self.config.n_layer)
+                 for name in self._component_names(module)]
         if not names:
             raise ValueError(f"{pattern!r} matches nothing: the model has no {pattern} "
                              f"(pos_emb {self.config.pos_emb!r})" if pattern == 'wpe' else
                              f"{pattern!r} matches no parameter of the model")
         return names
+
+    def _component_names(self, module):
+        """The names of the parameters under a module name, LoRA adapters aside (they follow their weight)."""
+        return [name for name, _ in self.named_parameters()
+                if name.startswith(module + '.') and not name.endswith(('.lora_A', '.lora_B'))]
 
     def set_frozen(self, names):
         """Freeze exactly these parameters (names; LoRA adapters are not named: an adapter is frozen with its
@@ -636,35 +652,21 @@ class GPT(nn.Module):
             p.requires_grad_(owner not in frozen and name not in under_adapter)
 
     def frozen_components(self):
-        """The frozen set as component patterns, for logs and the plan: whole layers (runs of them as
-        h.0-3), whole parts (h.1.mlp), whole top components (wte), a lone parameter by its name."""
-        frozen, parts = set(self.config.frozen), []
-        def whole(module):
-            names = [name for name, _ in self.named_parameters()
-                     if name.startswith(module + '.') and not name.endswith(('.lora_A', '.lora_B'))]
+        """The frozen set as component patterns, for logs and the plan: wte, wpe, ln_f, whole layers (runs of
+        them as h.0-3), parts of layers (h.1.mlp), and a parameter frozen without its component by its name."""
+        frozen = set(self.config.frozen)
+
+        def is_frozen(module):
+            names = self._component_names(module)
             return bool(names) and frozen.issuperset(names)
-        layers = [i for i in range(self.config.n_layer) if whole(f'transformer.h.{i}')]
-        runs = []
-        for i in layers:
-            if runs and runs[-1][1] == i - 1:
-                runs[-1][1] = i
-            else:
-                runs.append([i, i])
-        covered = {f'transformer.h.{i}.' for i in layers}
-        for top in ('wte', 'wpe', 'ln_f'):
-            if whole(f'transformer.{top}'):
-                parts.append(top)
-                covered.add(f'transformer.{top}.')
-        parts += [f'h.{a}' if a == b else f'h.{a}-{b}' for a, b in runs]
-        for i in range(self.config.n_layer):
-            for part in ('attn', 'mlp', 'ln_1', 'ln_2'):
-                module = f'transformer.h.{i}.{part}'
-                if f'transformer.h.{i}.' not in covered and whole(module):
-                    parts.append(f'h.{i}.{part}')
-                    covered.add(module + '.')
-        parts += [name.removeprefix('transformer.') for name in self.config.frozen
-                  if not any(name.startswith(prefix) for prefix in covered)]
-        return parts
+        tops = [top for top in ('wte', 'wpe', 'ln_f') if is_frozen(f'transformer.{top}')]
+        layers = [i for i in range(self.config.n_layer) if is_frozen(f'transformer.h.{i}')]
+        parts = [f'h.{i}.{part}' for i in range(self.config.n_layer) if i not in layers
+                 for part in ('attn', 'mlp', 'ln_1', 'ln_2') if is_frozen(f'transformer.h.{i}.{part}')]
+        covered = tuple(f'transformer.{pattern}.' for pattern in tops + parts) + \
+            tuple(f'transformer.h.{i}.' for i in layers)
+        lone = [name.removeprefix('transformer.') for name in self.config.frozen if not name.startswith(covered)]
+        return tops + layer_runs(layers) + parts + lone
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

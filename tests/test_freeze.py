@@ -84,6 +84,12 @@ def test_freezing_sets_requires_grad_and_describes_itself():
     assert model.frozen_components() == ['wte', 'h.1.mlp']
     model.set_frozen(model.config.frozen + model.component_parameters('h.*'))
     assert model.frozen_components() == ['wte', 'h.0-1']
+    model = tiny(n_layer=5)
+    model.set_frozen(model.component_parameters('h.0') + model.component_parameters('h.2-3') + ['transformer.ln_f.bias']
+                     + model.component_parameters('h.1.mlp') + model.component_parameters('ln_f'))
+    assert model.frozen_components() == ['ln_f', 'h.0', 'h.2-3', 'h.1.mlp']
+    model.set_frozen(model.config.frozen + ['transformer.h.4.ln_1.weight'])  # no op freezes less than a part
+    assert model.frozen_components() == ['ln_f', 'h.0', 'h.2-3', 'h.1.mlp', 'h.4.ln_1.weight']
 
 
 def test_flops_per_token_leave_out_weight_gradients_of_frozen_matrices():
