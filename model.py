@@ -9,7 +9,8 @@ its values came from, as (old_name, dim, index):
                       copies, -1 marks a fresh slice
   (None, None, None)  a fresh tensor
 carry_optimizer_state (below) carries the optimizer state (AdamW's moments, Muon's momentum) through
-this lineage; train.py calls it.
+this lineage; train.py calls it. The frozen set (config.frozen, the freeze op's) goes through the same
+lineage inside the model (carries_frozen): a copy of a frozen tensor is frozen.
 
 Masked structural growth (MSG): new structure is multiplied by `growth_mask`, a scalar that
 train.py raises from 0 to 1; at 0 the network computes exactly what it computed before.
@@ -21,6 +22,7 @@ weights from transformers in and out; a rope model goes out as GPT-NeoX. transfo
 """
 
 import copy
+import functools
 import inspect
 import math
 import re
@@ -63,6 +65,7 @@ class GPTConfig:
     activation: str = 'gelu'  # one of ACTIVATIONS; checkpoints from before this key ran exact GELU
     pos_emb: str = 'learned'  # one of POS_EMBS; checkpoints from before this key learned their positions
     rope_base: float = 10000.0  # rope: pair i of a head turns by position * rope_base^(-2i / head_size)
+    frozen: list = None  # names of the parameters the freeze op froze (see GPT.set_frozen); None: none
 
     def __post_init__(self):
         for key, allowed in (('activation', ACTIVATIONS), ('pos_emb', POS_EMBS)):
@@ -70,6 +73,7 @@ class GPTConfig:
                 raise ValueError(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if not self.rope_base > 0:
             raise ValueError(f"rope_base: expected a number > 0, got {self.rope_base}")
+        self.frozen = list(self.frozen or ())
         if self.n_hidden == 0:
             self.n_hidden = 4 * self.n_embd
         if self.head_size == 0:
@@ -166,6 +170,63 @@ def layer_rank_changes(spec, n_layer):
             if len(layers) < size:
                 chosen[layer] = (len(layers), pattern, rank)
     return {layer: rank for layer, (_, _, rank) in sorted(chosen.items())}
+
+
+# freeze / unfreeze name components: 'wte' (the token embedding, and so the tied head), 'wpe', 'ln_f', or layers:
+# 'h.3', 'h.-1' (the last), 'h.0-3' (0 to 3), 'h.*' (all), each optionally narrowed to '.attn', '.mlp', '.ln_1', '.ln_2'
+COMPONENT = re.compile(r'(wte|wpe|ln_f)|h\.(\*|-?\d+|\d+-\d+)(?:\.(attn|mlp|ln_1|ln_2))?')
+
+
+def component_modules(pattern, n_layer):
+    """The module names (e.g. 'transformer.h.3.attn') a component pattern names in a model of n_layer layers.
+    A ValueError says why a pattern is not one, or names a layer the model does not have."""
+    match = COMPONENT.fullmatch(pattern) if isinstance(pattern, str) else None
+    if match is None:
+        raise ValueError(f"expected a component (wte, wpe, ln_f, or h.3, h.-1, h.0-3, h.* optionally followed by "
+                         f".attn, .mlp, .ln_1 or .ln_2), got {pattern!r}")
+    top, layers, part = match.groups()
+    if top:
+        return [f'transformer.{top}']
+    if layers == '*':
+        indices = range(n_layer)
+    elif '-' in layers[1:]:
+        first, last = map(int, layers.split('-'))
+        if first > last:
+            raise ValueError(f"{pattern!r}: the range {layers} is empty (write the lower layer first)")
+        indices = range(first, last + 1)
+    else:
+        indices = [int(layers) + n_layer if layers.startswith('-') else int(layers)]
+    missing = [i for i in indices if not 0 <= i < n_layer]
+    if missing:
+        what = 'matches nothing' if len(missing) == len(indices) else 'reaches past the last layer'
+        raise ValueError(f"{pattern!r} {what} at this point: the model has {n_layer} layers (h.0 to "
+                         f"h.{n_layer - 1}), no layer {layers if layers.startswith('-') else missing[0]}")
+    return [f'transformer.h.{i}' + (f'.{part}' if part else '') for i in indices]
+
+
+def layer_runs(layers):
+    """Sorted layer indices as patterns, a run of consecutive ones as one range: [0, 1, 2, 5] -> ['h.0-2', 'h.5']."""
+    runs = []
+    for i in layers:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return [f'h.{first}' if first == last else f'h.{first}-{last}' for first, last in runs]
+
+
+def carries_frozen(grow):
+    """A growth method whose lineage the frozen set goes through: a new tensor is frozen when the tensor it
+    comes from was (a stacked copy of a frozen layer is frozen, a widened frozen matrix stays frozen, fresh
+    slices included: train.py refuses an op that would put fresh values into a frozen tensor). A fresh
+    tensor is not frozen."""
+    @functools.wraps(grow)
+    def method(self, *args, **kwargs):
+        frozen = set(self.config.frozen)
+        lineage = grow(self, *args, **kwargs)
+        self.set_frozen(new for new, (old, _, _) in lineage.items() if old in frozen)
+        return lineage
+    return method
 
 
 def ramp_vector(like, n_unmasked, mask, dim=-1):
@@ -523,6 +584,7 @@ class GPT(nn.Module):
         generator = torch.Generator().manual_seed(0)
         self._set_attn_lora(dict(enumerate(attn_lora_ranks(config))), generator)
         self._set_lora('embedding', config.embedding_lora_rank, generator)
+        self.set_frozen(config.frozen)
         self._apply_ramp()
 
     def _init_weights(self, module):
@@ -569,21 +631,20 @@ class GPT(nn.Module):
 
     def matmul_params(self):
         """(trained, frozen) counts of the weights that take part in matmuls per token: the
-        Linear weights, their LoRA adapters and the output head. The head's weight gradient is
-        always computed (embedding adapters train through the effective matrix), so it counts
-        as trained even while the embedding weight is frozen. The embedding adapter is not
-        applied per token but formed once per forward (see flops_per_forward)."""
-        trained = frozen = 0
+        Linear weights, their LoRA adapters and the output head. A weight is frozen when it gets no
+        gradient (a freeze op, or a LoRA adapter in its place). The head's weight gradient is
+        computed while anything in wte trains (embedding adapters train through the effective
+        matrix), so it counts as trained even while the embedding weight is under an adapter. The
+        embedding adapter is not applied per token but formed once per forward (see flops_per_forward)."""
+        counts = {True: 0, False: 0}
         for module in self.modules():
             if isinstance(module, Linear):
-                if module.weight.requires_grad:
-                    trained += module.weight.numel()
-                else:
-                    frozen += module.weight.numel()
+                counts[module.weight.requires_grad] += module.weight.numel()
                 if module.lora_rank:
-                    trained += module.lora_A.numel() + module.lora_B.numel()
-        trained += self.transformer.wte.weight.numel()
-        return trained, frozen
+                    counts[module.lora_A.requires_grad] += module.lora_A.numel() + module.lora_B.numel()
+        wte = self.transformer.wte
+        counts[any(p.requires_grad for p in wte.parameters())] += wte.weight.numel()
+        return counts[True], counts[False]
 
     def attention_width(self):
         """Summed over layers, the width of the attention (heads x head size)."""
@@ -591,8 +652,9 @@ class GPT(nn.Module):
 
     def flops_per_token(self, training=True, seq_len=None):
         """Training: 6 per trained matmul weight (forward, input grad, weight grad), 4 per frozen
-        one (no weight grad), plus attention 12 * L * width * T (T = seq_len, the length of the
-        sequences, block_size if None, as in the PaLM appendix). Evaluation (forward only): 2 per
+        one (no weight grad; its input grad is counted even where nothing below it trains), plus
+        attention 12 * L * width * T (T = seq_len, the length of the sequences, block_size if None,
+        as in the PaLM appendix). Evaluation (forward only): 2 per
         weight plus 4 * L * width * T."""
         trained, frozen = self.matmul_params()
         attention = self.attention_width() * (seq_len or self.config.block_size)
@@ -603,10 +665,11 @@ class GPT(nn.Module):
     def flops_per_forward(self, training=True):
         """Flops paid once per forward pass, whatever its number of tokens: the embedding adapter's
         product lora_B @ lora_A (vocab x rank x n_embd), formed once and used by every token and by
-        the head; training adds the two products of its backward (the gradients of both factors)."""
+        the head; training adds the two products of its backward (the gradients of both factors) unless
+        the adapter is frozen."""
         wte = self.transformer.wte
         product = 2 * wte.weight.numel() * wte.lora_rank
-        return 3 * product if training else product
+        return 3 * product if training and wte.lora_rank and wte.lora_A.requires_grad else product
 
     def estimate_mfu(self, flops, dt, peak_flops=312e12):
         """Model flops utilization of `flops` done in dt seconds on one device, against its peak
@@ -614,13 +677,14 @@ class GPT(nn.Module):
         return flops / dt / peak_flops
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw'):
-        """The optimizers of the trainable parameters, as one Optimizers. AdamW: every tensor of 2 or
+        """The optimizers of the optimized parameters (frozen ones included, see optimized_parameters),
+        as one Optimizers. AdamW: every tensor of 2 or
         more dims is decayed (matmul weights, embeddings, adapters), biases and LayerNorm gains are not.
         optimizer 'muon': Muon (momentum 0.95, Nesterov) takes the blocks' weight matrices instead
         (trains_with_muon), decayed like AdamW (decoupled: w *= 1 - lr * weight_decay), its update
         scaled by 0.2 * sqrt(max(rows, cols)) to the size of an AdamW update (torch's
         'match_rms_adamw'), so that the same learning_rate fits both."""
-        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        params = self.optimized_parameters()
         matrices = [params.pop(name) for name in list(params)
                     if optimizer == 'muon' and trains_with_muon(name, params[name])]
         decay = [p for p in params.values() if p.dim() >= 2]
@@ -634,6 +698,65 @@ class GPT(nn.Module):
             optimizers['muon'] = torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay,
                                                   adjust_lr_fn='match_rms_adamw')
         return Optimizers(**optimizers)
+
+    def weights_under_adapter(self):
+        """The names of the weights a LoRA adapter trains in their place (LoRA freezes them)."""
+        return {f'{name}.weight' for name, module in self.named_modules()
+                if isinstance(module, AdaptedWeight) and module.lora_rank}
+
+    def optimized_parameters(self):
+        """name -> parameter for the optimizers: all but the weights under a LoRA adapter. A frozen
+        parameter stays in: AdamW and Muon skip a parameter without a gradient (no update, no weight
+        decay) and keep its state, which it resumes with when unfrozen."""
+        under_adapter = self.weights_under_adapter()
+        return {name: p for name, p in self.named_parameters() if name not in under_adapter}
+
+    # ---------------------------------------------------------------- freeze
+
+    def component_parameters(self, pattern):
+        """The names of the parameters (LoRA adapters aside: they follow their weight) of the components a
+        pattern names (see component_modules); a ValueError where it names none."""
+        names = [name for module in component_modules(pattern, self.config.n_layer)
+                 for name in self._component_names(module)]
+        if not names:
+            raise ValueError(f"{pattern!r} matches nothing: the model has no {pattern} "
+                             f"(pos_emb {self.config.pos_emb!r})" if pattern == 'wpe' else
+                             f"{pattern!r} matches no parameter of the model")
+        return names
+
+    def _component_names(self, module):
+        """The names of the parameters under a module name, LoRA adapters aside (they follow their weight)."""
+        return [name for name, _ in self.named_parameters()
+                if name.startswith(module + '.') and not name.endswith(('.lora_A', '.lora_B'))]
+
+    def set_frozen(self, names):
+        """Freeze exactly these parameters (names; LoRA adapters are not named: an adapter is frozen with its
+        weight), and unfreeze the rest. A frozen parameter gets no gradient (requires_grad False); a weight
+        under a LoRA adapter gets none either way."""
+        frozen = set(names)
+        self.config.frozen = [name for name, _ in self.named_parameters() if name in frozen]
+        under_adapter = self.weights_under_adapter()
+        for name, p in self.named_parameters():
+            module, attr = name.rsplit('.', 1)
+            owner = f'{module}.weight' if attr in ('lora_A', 'lora_B') else name
+            p.requires_grad_(owner not in frozen and name not in under_adapter)
+
+    def frozen_components(self):
+        """The frozen set as component patterns, for logs and the plan: wte, wpe, ln_f, whole layers (runs of
+        them as h.0-3), parts of layers (h.1.mlp), and a parameter frozen without its component by its name."""
+        frozen = set(self.config.frozen)
+
+        def is_frozen(module):
+            names = self._component_names(module)
+            return bool(names) and frozen.issuperset(names)
+        tops = [top for top in ('wte', 'wpe', 'ln_f') if is_frozen(f'transformer.{top}')]
+        layers = [i for i in range(self.config.n_layer) if is_frozen(f'transformer.h.{i}')]
+        parts = [f'h.{i}.{part}' for i in range(self.config.n_layer) if i not in layers
+                 for part in ('attn', 'mlp', 'ln_1', 'ln_2') if is_frozen(f'transformer.h.{i}.{part}')]
+        covered = tuple(f'transformer.{pattern}.' for pattern in tops + parts) + \
+            tuple(f'transformer.h.{i}.' for i in layers)
+        lone = [name.removeprefix('transformer.') for name in self.config.frozen if not name.startswith(covered)]
+        return tops + layer_runs(layers) + parts + lone
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
@@ -823,6 +946,7 @@ class GPT(nn.Module):
                         lineage[f'{module_name}.{name}'] = (None, None, None)
         return lineage
 
+    @carries_frozen
     @torch.no_grad()
     def set_lora_rank(self, target, rank, generator):
         """target 'attn' or 'embedding'. Merges the adapters into the main weights, then fresh
@@ -831,6 +955,7 @@ class GPT(nn.Module):
         self._set_lora(target, rank, generator)
         return self._fresh_adapter_lineage(self._lora_targets(target))
 
+    @carries_frozen
     @torch.no_grad()
     def set_layer_lora_ranks(self, changes, generator):
         """changes {layer: rank} (see layer_rank_changes): the attention adapters of those layers are merged
@@ -845,12 +970,14 @@ class GPT(nn.Module):
         self.config.lora_alpha = alpha
         return self.merge_lora(generator)
 
+    @carries_frozen
     @torch.no_grad()
     def merge_lora(self, generator):
         for target in ('attn', 'embedding'):
             self._set_lora(target, getattr(self.config, f'{target}_lora_rank'), generator)
         return self._fresh_adapter_lineage(self._lora_targets('attn') + self._lora_targets('embedding'))
 
+    @carries_frozen
     @torch.no_grad()
     def stack_layers(self, layer_map, generator=None, blend=False, init='copy'):
         """New layer i is a copy of old layer layer_map[i]. With blend (MSG), every layer after
@@ -893,6 +1020,7 @@ class GPT(nn.Module):
             else:  # layernorm gains
                 p.fill_(1.0)
 
+    @carries_frozen
     @torch.no_grad()
     def widen_mlp(self, new_hidden, generator, noise=0.0):
         """Net2WiderNet: each new hidden unit replicates an old one (incoming weights and bias
@@ -942,6 +1070,7 @@ class GPT(nn.Module):
         group_sum.index_add_(0, index.to(eps.device), weighted)
         return eps - group_sum[index.to(eps.device)]
 
+    @carries_frozen
     @torch.no_grad()
     def msg_widen_mlp(self, new_hidden, generator):
         """New hidden units with fresh weights, their activations masked."""
@@ -966,6 +1095,7 @@ class GPT(nn.Module):
         self._apply_ramp()
         return lineage
 
+    @carries_frozen
     @torch.no_grad()
     def msg_add_heads(self, n_new_heads, generator):
         """New attention heads of the same head size, their outputs masked. The residual width
@@ -1002,6 +1132,7 @@ class GPT(nn.Module):
         self._apply_ramp()
         return lineage
 
+    @carries_frozen
     @torch.no_grad()
     def msg_widen_embd(self, new_embd, generator):
         """Widen the residual stream: every tensor with an n_embd dimension grows along it.

@@ -251,7 +251,8 @@ def effective_settings():
     """What an operation can change, for logs, events and the dry-run plan."""
     settings = schedule_settings()
     settings.update({k: getattr(model.config, k) for k in ARCH_KEYS + LORA_KEYS})
-    settings.update(params=model.get_num_params(), flops_per_token=model.flops_per_token(seq_len=effective('seq_len')))
+    settings.update(params=model.get_num_params(), flops_per_token=model.flops_per_token(seq_len=effective('seq_len')),
+                    frozen=model.frozen_components())
     return settings
 
 
@@ -406,6 +407,7 @@ class Operation:
     changes_architecture: bool = False
     ramp: bool = False  # MSG: starts a mask ramp of value['anneal_iters']
     keeps_function: bool = True  # False: the model computes another function after it (its val loss changes)
+    rewraps: bool = False  # changes which parameters train: flops per token and the DDP/compile wrappers are redone
 
 
 def check_change(value, _config):
@@ -675,6 +677,61 @@ def msg_widen_embd(value):
     return model.msg_widen_embd(round(model.config.n_embd * value['factor']), growth_generator())
 
 
+# freeze / unfreeze: the value is a component pattern or a list of them (model.component_modules), resolved
+# against the model as it is when the op fires. The frozen set is the model's (config.frozen, in the checkpoint's
+# model_args) and goes through every growth op's lineage. The optimizers stay: they skip a parameter without a
+# gradient and keep its state
+
+def resolved_components(value):
+    """[(pattern, its parameter names)] of a freeze / unfreeze value, against the model now."""
+    patterns = value if isinstance(value, list) else [value]
+    if not patterns:
+        raise BadValue("expected a component pattern or a non-empty list of them, got []")
+    try:
+        return [(pattern, model.component_parameters(pattern)) for pattern in patterns]
+    except ValueError as e:
+        raise BadValue(str(e)) from None
+
+
+def check_freeze(value, _config):
+    resolved_components(value)
+
+
+def freeze(value):
+    model.set_frozen(model.config.frozen + [name for _, names in resolved_components(value) for name in names])
+
+
+def check_unfreeze(value, _config):
+    frozen, under_adapter = set(model.config.frozen), model.weights_under_adapter()
+    for pattern, names in resolved_components(value):
+        adapted = [name for name in names if name in under_adapter and name not in frozen]
+        if adapted:
+            raise BadValue(f"{pattern!r} names {adapted[0].removeprefix('transformer.')}, which has a LoRA adapter "
+                           "at this point: LoRA keeps the weight frozen and trains the adapter; unfreeze the parts "
+                           "without adapters, or remove the adapter first (its change_*_lora_rank with value 0)")
+        if frozen.isdisjoint(names):
+            raise BadValue(f"{pattern!r} matches nothing frozen at this point "
+                           f"(frozen: {', '.join(model.frozen_components()) or 'nothing'})")
+
+
+def unfreeze(value):
+    names = {name for _, names in resolved_components(value) for name in names}
+    model.set_frozen(name for name in model.config.frozen if name not in names)
+
+
+def check_no_fresh_frozen(lineage, frozen_before):
+    """A growth op must not put fresh values (random or zero slices) into a frozen tensor: they could not train."""
+    for name, (old_name, _, index) in (lineage or {}).items():
+        if old_name in frozen_before and index is not None and bool((index < 0).any()):
+            raise BadValue(f"{name.removeprefix('transformer.')} is frozen at this point, and this would give it "
+                           "fresh values that could not train; unfreeze it first")
+
+
+def check_something_trains():
+    if not any(p.requires_grad for p in model.parameters()):
+        raise BadValue("this leaves no parameter to train")
+
+
 # a growth op changes the parameters and the architecture. A LoRA rank change counts as growth: it brings
 # parameters with no optimizer history (fresh adapters, or the full weights once the rank is 0) and changes
 # the flops per token. An alpha change or a merge keeps the architecture: fresh adapters in place of the old
@@ -693,6 +750,8 @@ OPERATIONS.update({
     'msg_add_heads': Operation(check_msg_heads, msg_add_heads, **GROWTH, ramp=True),
     'msg_stack_layers': Operation(check_msg_stack, msg_stack_layers, **GROWTH, ramp=True),
     'msg_widen_embd': Operation(check_msg_widen_embd, msg_widen_embd, **GROWTH, ramp=True),
+    'freeze': Operation(check_freeze, freeze, rewraps=True),
+    'unfreeze': Operation(check_unfreeze, unfreeze, rewraps=True),
 })
 
 
@@ -928,7 +987,9 @@ def simulate_entry(path, index, entry):
     operation = OPERATIONS[entry['name']]
     try:
         operation.check(entry['value'], model.config)
-        operation.apply(entry['value'])
+        frozen_before = set(model.config.frozen)
+        check_no_fresh_frozen(operation.apply(entry['value']), frozen_before)
+        check_something_trains()
         if operation.ramp:
             model.fold_ramp()
         settings = effective_settings()
@@ -1048,6 +1109,8 @@ def print_plan(plan):
         print("      model " + ''.join(f"{k} {row[k]}, " for k in ARCH_KEYS) +
               f"lora attn/emb {row['attn_lora_rank']}/{row['embedding_lora_rank']} (alpha {row['lora_alpha']:g}), "
               f"params {row['params'] / 1e6:.3f}M, flops/token {row['flops_per_token'] / 1e6:.3f}M")
+        if row['frozen']:
+            print(f"      frozen: {', '.join(row['frozen'])}")
         if row['latest_iter'] is not None:
             print(f"      fires at iter {row['latest_iter']} at the latest")
         if row['warning']:
@@ -1105,9 +1168,10 @@ def ramp_mask(iter_num):
     return mask_at(orch.active_ramp, iter_num)
 
 
-def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
+def execute_operation(entry, reason, iter_num, val_loss, on_growth=None, on_rewrap=None):
     """Run one schedule entry: apply it, record it, log what it changed. on_growth(lineage) rebuilds
-    the optimizer and wrappers after a growth op (main() passes it; orchestrator tests need none).
+    the optimizer and wrappers after a growth op, on_rewrap() the flop count and wrappers after a freeze
+    or unfreeze (main() passes them; orchestrator tests need none).
     Returns {setting: [before, after]} for every effective setting it changed."""
     operation = OPERATIONS[entry['name']]
     if master_process:
@@ -1130,6 +1194,8 @@ def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
         orch.iter_of_last_growth = iter_num
     if operation.rebuilds_optimizer and on_growth is not None:
         on_growth(lineage)
+    if operation.rewraps and on_rewrap is not None:
+        on_rewrap()
     if operation.ramp:
         orch.active_ramp = dict(name=entry['name'], start_iter=iter_num, anneal_iters=entry['value']['anneal_iters'])
         model.set_growth_mask(0.0)
@@ -1152,7 +1218,7 @@ def execute_operation(entry, reason, iter_num, val_loss, on_growth=None):
     return changes
 
 
-def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_event=None):
+def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_event=None, on_rewrap=None):
     """At an eval step: fire the next entries while their triggers hold. reevaluate() returns a fresh
     val loss after an entry that asks for it. Returns the val loss of the model as it now is, or None
     when an operation changed the model's function and its loss was not measured again. Such an
@@ -1167,7 +1233,7 @@ def run_orchestrator(iter_num, val_loss, reevaluate=None, on_growth=None, log_ev
             if master_process:
                 print(f"orchestrator: {entry['name']} waits for the {orch.active_ramp['name']} mask ramp to finish")
             break
-        changes = execute_operation(entry, reason, iter_num, val_loss, on_growth)
+        changes = execute_operation(entry, reason, iter_num, val_loss, on_growth, on_rewrap)
         val_loss_after = reevaluate() if entry['reevaluate'] and reevaluate is not None else None
         if val_loss_after is not None and master_process:
             print(f"reevaluate: val loss {val_loss:.4f} before {entry['name']}, {val_loss_after:.4f} after")
@@ -1792,6 +1858,15 @@ def rebuild_after_growth(lineage):
         print(f"optimizer rebuilt: {carried} of {n_tensors} tensors carried their state over")
 
 
+def refresh_trainable():
+    """After a freeze or unfreeze: the optimizers stay (they skip a frozen parameter and keep its state), the
+    training flops change (frozen matrices have no weight gradient), and DDP, which registers the parameters
+    that train when it is built, gets new wrappers."""
+    global flops_per_token, flops_per_forward
+    flops_per_token, flops_per_forward = {}, model.flops_per_forward()  # per seq_len, filled by step_flops
+    wrap_model()
+
+
 def write_checkpoint(config, wandb_run):
     """All ranks call this (the rng states are gathered); rank 0 writes."""
     rng = [rng_state(data_generator)]
@@ -1823,7 +1898,8 @@ def eval_event(losses, elapsed_s):
     return dict(event='eval', iter=it, tokens=progress['tokens'], train_loss=losses['train'],
                 val_loss=losses['val'], lr=get_lr(it), **schedule_settings(),
                 **{k: getattr(model.config, k) for k in ARCH_KEYS},
-                params=model.get_num_params(), flops=progress['flops'],
+                params=model.get_num_params(), trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                flops=progress['flops'],
                 eval_flops=progress['eval_flops'], mask=ramp_mask(it), elapsed_s=elapsed_s)
 
 
@@ -2110,7 +2186,8 @@ def main(config):
             # here with a larger max_iters continues exactly; an extra final eval off the grid only reports
             if on_eval_grid:
                 record_eval(progress['flops'], val_loss)
-                val_loss = run_orchestrator(iter_num, val_loss, reevaluate_val_loss, rebuild_after_growth, log_event)
+                val_loss = run_orchestrator(iter_num, val_loss, reevaluate_val_loss, rebuild_after_growth, log_event,
+                                            refresh_trainable)
                 progress['next_eval_iter'] = iter_num + effective_eval_interval()
             # val_loss None: the model's function changed and was not measured again; the next eval sets the best
             improved = val_loss is not None and val_loss < progress['best_val_loss']

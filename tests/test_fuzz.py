@@ -5,7 +5,7 @@ Property-based fuzzing (issue 15) with hypothesis, in-process, on tiny CPU model
   values, YAML's dates, timestamps, !!binary and !!set), through the command line's own path (train.run_from_command_line with --dry_run=True):
   the plan is printed, or the run stops with exit 2 and one line naming the file (and the entry and
   field where there is one); never a traceback, never an out_dir;
-- op sequences: random valid schedules of growth and hyperparameter ops applied for real, between
+- op sequences: random valid schedules of growth, freeze and hyperparameter ops applied for real, between
   training steps, as main() applies them: after every op the AdamW state has exactly the shapes of
   the parameters, the dry-run walk predicted the real model's parameter shapes, counts and FLOPs per
   token, a function-preserving op keeps the logits within 1e-5, and a checkpoint round trip
@@ -79,6 +79,7 @@ def restore_train():
 FACTOR = st.floats(min_value=0.25, max_value=4.0)
 GROW = st.floats(min_value=1.1, max_value=2.0)
 ANNEAL = st.integers(min_value=1, max_value=3)
+COMPONENTS = st.sampled_from(['wte', 'wpe', 'ln_f', 'h.0', 'h.-1', 'h.*', 'h.0-1', 'h.0.attn', 'h.-1.mlp', 'h.0.ln_2'])
 OP_VALUES = {
     'change_lr': FACTOR, 'set_lr': st.floats(min_value=1e-5, max_value=1e-2),
     'change_batch_size': FACTOR, 'set_batch_size': st.integers(min_value=1, max_value=4),
@@ -103,6 +104,8 @@ OP_VALUES = {
         {'layers': st.just(2) | st.sampled_from([[0, 0], [0, 0, 1], [0, 1, 1], [0, 0, 1, 1], [0, 1, 0, 1]]),
          'anneal_iters': ANNEAL}, optional={'init': st.sampled_from(['copy', 'random'])}),
     'msg_widen_embd': st.fixed_dictionaries({'factor': GROW, 'anneal_iters': ANNEAL}),
+    'freeze': COMPONENTS | st.lists(COMPONENTS, min_size=1, max_size=3),
+    'unfreeze': COMPONENTS | st.lists(COMPONENTS, min_size=1, max_size=3),
 }
 assert sorted(OP_VALUES) == sorted(train.OPERATIONS)  # a new operation gets fuzzed too
 
@@ -257,8 +260,8 @@ SETTINGS = ['peak_lr', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters'
 
 @st.composite
 def runs(draw):
-    """A tiny model's config and a schedule of 1-6 operations, growth ops drawn more often (valid or not:
-    the test keeps the valid prefix)."""
+    """A tiny model's config and a schedule of 1-6 operations, growth and freeze ops drawn more often (valid or
+    not: the test keeps the valid prefix)."""
     config = dict(n_layer=draw(st.integers(min_value=1, max_value=2)), n_head=draw(st.sampled_from([1, 2])),
                   bias=draw(st.booleans()), activation=draw(st.sampled_from(['gelu', 'gelu_tanh'])),
                   attn_lora_rank=draw(st.sampled_from([0, 2, {'0': 2}])), embedding_lora_rank=draw(st.sampled_from([0, 2])),
@@ -267,8 +270,8 @@ def runs(draw):
                   growth_lr_rewarm_iters=draw(st.sampled_from([0, 3])), grad_clip=draw(st.sampled_from([0.0, 1.0])),
                   gradient_accumulation_steps=draw(st.integers(min_value=1, max_value=2)),
                   optimizer=draw(st.sampled_from(['adamw', 'muon'])))
-    growth = sorted(name for name, op in train.OPERATIONS.items() if op.rebuilds_optimizer)
-    names = draw(st.lists(st.sampled_from(sorted(OP_VALUES)) | st.sampled_from(growth), min_size=1, max_size=6))
+    often = sorted(name for name, op in train.OPERATIONS.items() if op.rebuilds_optimizer or op.rewraps)
+    names = draw(st.lists(st.sampled_from(sorted(OP_VALUES)) | st.sampled_from(often), min_size=1, max_size=6))
     schedule = [dict(name=name, value=draw(OP_VALUES[name]), trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
                 for name in names]
     return config, schedule, [draw(st.integers(min_value=0, max_value=2)) for _ in names]
@@ -330,7 +333,11 @@ def moments_by_name():
 def assert_optimizer_fits_the_model():
     states, in_groups = moments_by_name()
     shapes = {name: p.shape for name, p in train.model.named_parameters()}
-    assert in_groups == sorted(name for name, p in train.model.named_parameters() if p.requires_grad)
+    # every parameter but the weights under a LoRA adapter: a frozen one (freeze) keeps its place and state
+    adapted = {f'{name}.weight' for name, m in train.model.named_modules() if getattr(m, 'lora_rank', 0)}
+    assert in_groups == sorted(name for name, _ in train.model.named_parameters() if name not in adapted)
+    assert all(p.requires_grad for name, p in train.model.named_parameters()
+               if name not in adapted and name not in train.model.config.frozen and '.lora_' not in name)
     for name, state in states.items():  # every state tensor but the scalars (AdamW's step) shaped like its parameter
         for key, value in state.items():
             assert value.dim() == 0 or value.shape == shapes[name], (name, key)
@@ -392,7 +399,8 @@ def apply_for_real(settings, schedule, steps_before, data_dir, out_dir):
             for _ in range(steps_before[index]):
                 training_step()
             before, params_before = logits(batch), {k: v.clone() for k, v in train.model.state_dict().items()}
-            train.execute_operation(entry, 'timeout', train.progress['iter_num'], 1.0, train.rebuild_after_growth)
+            train.execute_operation(entry, 'timeout', train.progress['iter_num'], 1.0, train.rebuild_after_growth,
+                                    train.refresh_trainable)
             assert_optimizer_fits_the_model()
             real = train.effective_settings()
             assert {k: plan[index][k] for k in SETTINGS} == {k: real[k] for k in SETTINGS}
@@ -429,7 +437,7 @@ ALONE = {  # a value for each operation, on a model with LoRA on for the LoRA op
     'msg_widen_mlp': {'factor': 1.5, 'anneal_iters': 2},
     'msg_add_heads': {'n_new_heads': 1, 'anneal_iters': 2},
     'msg_stack_layers': {'layers': [0, 0, 1], 'anneal_iters': 2, 'init': 'random'},
-    'msg_widen_embd': {'factor': 1.5, 'anneal_iters': 2},
+    'msg_widen_embd': {'factor': 1.5, 'anneal_iters': 2}, 'freeze': ['wte', 'h.0'], 'unfreeze': 'h.0',
 }
 assert sorted(ALONE) == sorted(train.OPERATIONS)
 
@@ -443,7 +451,9 @@ def test_every_operation_applied_for_real(data_dir, restore_train, tmp_path, nam
                     grad_clip=1.0, gradient_accumulation_steps=2)
     entry = dict(name=name, value=ALONE[name], trigger_loss=0.0, max_wait_iters=0, reevaluate=False)
     second = dict(entry, name='widen_mlp', value=1.25)
-    assert apply_for_real(settings, [entry, second], [2, 1], data_dir, str(tmp_path)) == [entry, second]
+    first = [dict(entry, name='freeze', value=['wte', 'h.*'])] if name == 'unfreeze' else []  # something to unfreeze
+    schedule = first + [entry, second]
+    assert apply_for_real(settings, schedule, [2, 1, 1][:len(schedule)], data_dir, str(tmp_path)) == schedule
 
 
 # -----------------------------------------------------------------------------
