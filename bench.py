@@ -81,8 +81,9 @@ def main(argv):
             tokens, flops = step_tokens, train.step_flops(step_tokens, micro_steps)
         print(f"step {step}: loss {lossf:.4f}, {dt * 1000:.2f}ms{' (warmup)' if warmup else ''}")
     seconds = sum(times) / len(times)
-    mfu = train.per_gpu_mfu(flops, seconds)
-    print(f"ms/iter {seconds * 1000:.2f}, tokens/s {tokens / seconds:.0f}, mfu {mfu * 100:.4g}%")
+    # mfu against a GPU's peak (train.per_gpu_mfu): on a CPU it would read as a meaningless 0.01%
+    mfu = f", mfu {train.per_gpu_mfu(flops, seconds) * 100:.4g}%" if train.device_type == 'cuda' else ''
+    print(f"ms/iter {seconds * 1000:.2f}, tokens/s {tokens / seconds:.0f}{mfu}")
 
 
 if __name__ == '__main__':
