@@ -7,6 +7,8 @@ processes), the event log reader, and a train.py with NaN losses (NAN_TRAIN).
 Add functions here; never rename or remove one (other test files use them).
 """
 
+import contextlib
+import io
 import json
 import os
 import pickle
@@ -254,3 +256,37 @@ def worker_pids(torchrun_pid):
             env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
         workers[int(env[b'RANK'])] = pid
     return workers
+
+
+@contextlib.contextmanager
+def tiny_run_in_process(tmp_path, monkeypatch, **settings):
+    """train's globals set for a tiny CPU run on char data (TINY, then settings), its model and optimizers
+    built; yields the model config and puts the orchestrator state back afterwards."""
+    import train
+    write_char_data(tmp_path / 'data', n_chars=20_000)
+    settings = dict(TINY, data_dir=str(tmp_path / 'data'), out_dir=str(tmp_path / 'out'), master_process=False,
+                    ddp_world_size=1, seed=1337, **settings)
+    for key, value in settings.items():
+        monkeypatch.setattr(train, key, value)
+    saved = train.orchestrator_state()
+    try:
+        train.setup_runtime()
+        model_config = train.model_config_from_globals(train.check_data()['vocab_size'])
+        train.reset_orchestrator()
+        train.build_run(model_config, None)
+        yield model_config
+    finally:
+        train.load_orchestrator_state(saved)
+
+
+def run_command_line(argv):
+    """train.py's command line in-process; returns (exit code, stdout, stderr)."""
+    import train
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            train.run_from_command_line(argv)
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 import train
 from configurator import ConfigError, configure
-from helpers import write_char_data
+from helpers import run_command_line, write_char_data
 from model import GPTConfig
 
 SCALE = int(os.environ.get('FUZZ_SCALE', '1'))
@@ -211,18 +211,6 @@ def schedule_files(draw):
 WHERE = r"(: entry (?P<index>\d+)(, field '(?P<field>.*)'|(?= \()|(?=: expected a mapping)))?"
 
 
-def run_dry(argv):
-    """train.py's command line in-process; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            train.run_from_command_line(argv)
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
 @budget(250)
 @given(schedule_files(), st.sampled_from([0, 2, {'-1': 2}]), st.sampled_from([0, 2]))
 def test_fuzz_schedule_file_is_accepted_whole_or_refused_in_one_line(data_dir, restore_train, tmp_path, document,
@@ -236,7 +224,7 @@ def test_fuzz_schedule_file_is_accepted_whole_or_refused_in_one_line(data_dir, r
                 batch_size=4, gradient_accumulation_steps=2, eval_iters=2, eval_interval=10, warmup_iters=5,
                 lr_decay_iters=100, max_iters=100, data_dir=data_dir, out_dir=out_dir, scaling_schedule_file=path,
                 attn_lora_rank=attn_lora_rank, embedding_lora_rank=embedding_lora_rank, dry_run=True)
-    code, stdout, stderr = run_dry([f'--{k}={v}' for k, v in tiny.items()])
+    code, stdout, stderr = run_command_line([f'--{k}={v}' for k, v in tiny.items()])
     assert not os.path.exists(out_dir)
     if code == 0:
         event('accepted')
@@ -558,7 +546,7 @@ def test_found_by_fuzzing_refused_in_one_line(data_dir, restore_train, tmp_path,
     tiny = dict(device='cpu', compile=False, dtype='float32', n_layer=2, n_head=2, n_embd=16, block_size=16,
                 batch_size=4, data_dir=data_dir, out_dir=str(tmp_path / 'out'), scaling_schedule_file=path,
                 dry_run=True)
-    code, stdout, stderr = run_dry([f'--{k}={v}' for k, v in tiny.items()])
+    code, stdout, stderr = run_command_line([f'--{k}={v}' for k, v in tiny.items()])
     assert (code, stderr) == (2, f"error: {path}: {expected}\n")
     assert not os.path.exists(tmp_path / 'out')
 

@@ -29,16 +29,6 @@ VOCAB, BLOCK = 32, 16
 LORA = dict(attn_lora_rank=2, embedding_lora_rank=2)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """These models are tiny: with several threads, OpenMP's synchronisation costs far more than
-    the arithmetic (100x slower on a busy 2-core machine). Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides):
     """2 layers, 2 heads of size 8, n_embd 16, n_hidden 64, block 16, vocab 32."""
     args = dict(block_size=BLOCK, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=True)

@@ -26,14 +26,6 @@ from model import GPT, GPTConfig, carry_optimizer_state, layer_rank_changes
 VOCAB, BLOCK = 32, 16
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(n_layer=4, **overrides):
     args = dict(block_size=BLOCK, vocab_size=VOCAB, n_layer=n_layer, n_head=2, n_embd=16, dropout=0.0, bias=True)
     torch.manual_seed(0)

@@ -29,14 +29,6 @@ VOCAB, BLOCK = 32, 16
 LORA = dict(attn_lora_rank=2, embedding_lora_rank=2)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides):
     """2 layers, 2 heads of size 8, n_embd 16, n_hidden 64, with biases; every parameter perturbed
     (adapters' zero sides, biases and LayerNorm shifts non-zero)."""

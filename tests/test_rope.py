@@ -26,15 +26,6 @@ HF_TOLERANCE = 1e-4
 ROPE = dict(pos_emb='rope', rope_base=100.0)  # a small base: every pair turns noticeably over 16 positions
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models: one thread is faster than several on a busy machine. Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def refused(call, *args, error=train.UserError):
     with pytest.raises(error) as info:
         call(*args)

@@ -5,13 +5,11 @@ when the file is loaded, in one line naming the file, the entry, the field and t
 and no traceback, through the command line's own path (train.run_from_command_line, in-process).
 """
 
-import contextlib
-import io
 
 import pytest
 
 import train
-from helpers import write_char_data
+from helpers import run_command_line, write_char_data
 
 ENTRY = "- {{name: {name}, value: {value}, trigger_loss: 0.0, max_wait_iters: 0, reevaluate: false}}\n"
 GOOD = ENTRY.format(name='change_lr', value=0.5)
@@ -32,18 +30,6 @@ CASES = [
     ('date_key', 'widen_mlp', '{2024-01-01: 1, noise: 0.0}',
      f"entry 1, field 'value': widen_mlp: a mapping key that is a date (2024-01-01), {NOT_JSON}"),
 ]
-
-
-def run_command_line(argv):
-    """train.py's command line in-process; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            train.run_from_command_line(argv)
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

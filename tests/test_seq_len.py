@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import train
-from helpers import (TINY, TORCHRUN, describe_run, entry, read_events, run_train, trained_runs, without_elapsed,
-                     write_char_data)
+from helpers import (TINY, TORCHRUN, describe_run, entry, read_events, run_train, tiny_run_in_process, trained_runs,
+                     without_elapsed)
 from model import GPT, GPTConfig
 
 # TINY: block_size 32, batch 4, accum 1, evals every 10 iters
@@ -32,18 +32,8 @@ SCHEDULE = [entry('set_seq_len', 8), entry('change_seq_len', 2.0, max_wait_iters
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
     """train's globals for a tiny CPU run on char data, its model and optimizers built."""
-    write_char_data(tmp_path / 'data', n_chars=20_000)
-    settings = dict(TINY, data_dir=str(tmp_path / 'data'), out_dir=str(tmp_path / 'out'), gradient_accumulation_steps=2,
-                    master_process=False, ddp_world_size=1, seed=1337)
-    for key, value in settings.items():
-        monkeypatch.setattr(train, key, value)
-    saved = train.orchestrator_state()
-    train.setup_runtime()
-    model_config = train.model_config_from_globals(train.check_data()['vocab_size'])
-    train.reset_orchestrator()
-    train.build_run(model_config, None)
-    yield model_config
-    train.load_orchestrator_state(saved)
+    with tiny_run_in_process(tmp_path, monkeypatch, gradient_accumulation_steps=2) as model_config:
+        yield model_config
 
 
 def fire(name, value):

@@ -20,26 +20,16 @@ import pytest
 import torch
 
 import train
-from helpers import TINY, describe_run, entry, read_events, run_train, trained_runs, without_elapsed, write_char_data
+from helpers import describe_run, entry, read_events, run_train, tiny_run_in_process, trained_runs, without_elapsed
 
 
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
     """train's globals for a tiny CPU run with attention LoRA (rank 2) and an lr re-warmup of 10 iters after
     growth; its model and optimizers built."""
-    write_char_data(tmp_path / 'data', n_chars=20_000)
-    settings = dict(TINY, data_dir=str(tmp_path / 'data'), out_dir=str(tmp_path / 'out'), master_process=False,
-                    ddp_world_size=1, seed=1337, attn_lora_rank=2, growth_lr_rewarm_iters=10, lr_schedule='cosine',
-                    growth_optimizer_state='carry', decay_lr=True)
-    for key, value in settings.items():
-        monkeypatch.setattr(train, key, value)
-    saved = train.orchestrator_state()
-    train.setup_runtime()
-    model_config = train.model_config_from_globals(train.check_data()['vocab_size'])
-    train.reset_orchestrator()
-    train.build_run(model_config, None)
-    yield model_config
-    train.load_orchestrator_state(saved)
+    with tiny_run_in_process(tmp_path, monkeypatch, attn_lora_rank=2, growth_lr_rewarm_iters=10,
+                             lr_schedule='cosine', growth_optimizer_state='carry', decay_lr=True) as model_config:
+        yield model_config
 
 
 def fire(name, value, iter_num):
