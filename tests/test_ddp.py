@@ -147,9 +147,12 @@ def test_position_checksum_in_chunks():
     assert train.position_checksum([swapped, b], 4).item() != pytest.approx(whole.item(), rel=1e-12)
 
 
-def test_ddp_rank_killed_then_resumed(setup, tmp_path):
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_ddp_rank_killed_then_resumed(setup, tmp_path, optimizer):
+    """With Muon too: the checkpoint rank 0 left holds both optimizers' state, and the resume (which takes
+    the optimizer from the checkpoint) ends with identical ranks."""
     out = tmp_path / 'out'
-    process = start_train(setup['args'](out, max_iters=1000), command=TORCHRUN + ['train.py'])
+    process = start_train(setup['args'](out, max_iters=1000, optimizer=optimizer), command=TORCHRUN + ['train.py'])
     try:
         wait_for_line(process, 'iter 25/')
         workers = worker_pids(process.pid)
@@ -165,13 +168,14 @@ def test_ddp_rank_killed_then_resumed(setup, tmp_path):
     checkpoint = train.load_checkpoint(str(out / 'ckpt.pt'))
     stopped_at = checkpoint['iter_num']
     assert stopped_at >= 20 and stopped_at % 10 == 0
+    assert ('muon' in checkpoint['optimizer']) == (optimizer == 'muon')
     assert [op['name'] for op in checkpoint['orchestrator']['executed_ops']] == \
         [name for it, name in EXPECTED_OPS if it <= stopped_at]
 
     result = run_train(setup['args'](out, init_from='resume', max_iters=max(40, stopped_at + 10)),
                        command=setup['dumping'], timeout=180)
     assert result.returncode == 0, describe_run(result)
-    assert_ranks_identical(out)
+    assert ('muon' in assert_ranks_identical(out)['optimizer']) == (optimizer == 'muon')
     evals = [e for e in read_events(out) if e['event'] == 'eval']
     assert [e['iter'] for e in evals] == list(range(0, max(40, stopped_at + 10) + 1, 10))
     assert all(e['grad_accum'] == 2 and math.isfinite(e['val_loss']) for e in evals)
