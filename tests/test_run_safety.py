@@ -142,7 +142,7 @@ def test_a_bad_runtime_setting_is_one_line(trained, tmp_path, override, message,
 def stand_in_wandb(api_key):
     """wandb as its login reports a missing API key (wandb 0.31's words), never the network."""
     class Error(Exception):
-        pass
+        """wandb.errors.Error, the error wandb.login raises without an API key."""
 
     def login(verify=True):
         if not api_key:
