@@ -1,6 +1,6 @@
 # nanoGPT's CPU recipe for the character-level shakespeare model: the GPU recipe
 # (config/train_shakespeare_char.py) shrunk to 4 layers x 128 wide, context 64, batch 12,
-# 2000 iters, no dropout, no compile. 1 min 49 s on an otherwise idle 2-core machine, val loss 1.9150
+# 2000 iters, no dropout, no compile. 1 min 46 s on an otherwise idle 2-core machine, val loss 1.9150
 # (`time python train.py config/train_shakespeare_char_cpu.py`, docs/benchmarks.md).
 
 out_dir = 'out-shakespeare-char-cpu'
