@@ -182,13 +182,31 @@ def run_identity(config_file, args):
     """What makes a run what it is: its resolved settings (and its schedule's text), so that --reuse
     keeps a finished run only if it would train the same way today."""
     defaults = {k: getattr(train, k) for k in train.config_keys}
-    resolved = configure([config_file, *args], defaults, verbose=False)
+    identity = settings_identity(configure([config_file, *args], defaults, verbose=False))
+    if identity['scaling_schedule_file']:
+        with open(identity['scaling_schedule_file']) as f:
+            identity['schedule_text'] = f.read()
+    return identity
+
+
+def settings_identity(resolved):
+    """The settings of a run that change how it trains: not what only names or logs it, nor the keys
+    its schedule or lr family never reads."""
     dropped = NAMING_KEYS + (GROWTH_ONLY_KEYS if not resolved['scaling_schedule_file'] else ())
     dropped += ('cooldown_iters',) if resolved['lr_schedule'] == 'cosine' else ()
-    identity = {k: v for k, v in resolved.items() if k not in dropped}
-    if resolved['scaling_schedule_file']:
-        with open(resolved['scaling_schedule_file']) as f:
-            identity['schedule_text'] = f.read()
+    return {k: v for k, v in resolved.items() if k not in dropped}
+
+
+def stamped_identity(stored):
+    """A finished run's identity.json as today's train.py reads it: a key train.py gained after the run
+    is at its default (a new key's default keeps the old behaviour), a key it has since lost is gone.
+    So a run is not run again only because train.py grew a setting it does not use."""
+    defaults = {k: getattr(train, k) for k in train.config_keys}
+    identity = settings_identity({**defaults, **{k: v for k, v in stored.items() if k in defaults}})
+    if 'schedule_text' in stored:
+        identity['schedule_text'] = stored['schedule_text']
+    if 'parent' in stored:
+        identity['parent'] = stamped_identity(stored['parent'])
     return identity
 
 
@@ -202,10 +220,10 @@ def comparable(identity):
     parent = identity.pop('parent', None)
     if parent is not None and not continues(parent, identity):
         identity['parent'] = comparable(parent)
-    decay = identity['lr_decay_iters']
-    cooldown_begins = max(identity['warmup_iters'], decay - (identity['cooldown_iters'] or decay / 5))
-    if identity['lr_schedule'] == 'wsd' and identity['max_iters'] <= cooldown_begins:
-        del identity['lr_decay_iters'], identity['cooldown_iters']
+    if identity['lr_schedule'] == 'wsd':
+        decay = identity['lr_decay_iters']
+        if identity['max_iters'] <= max(identity['warmup_iters'], decay - (identity['cooldown_iters'] or decay / 5)):
+            del identity['lr_decay_iters'], identity['cooldown_iters']
     return identity
 
 
@@ -229,8 +247,8 @@ def run_train(out_dir, config_file, args, reuse, threads, parent_dir=None):
     identity = run_identity(config_file, args)
     if parent_dir:  # comparable() keeps the parent only where the run does not just continue it
         with open(os.path.join(parent_dir, 'identity.json')) as f:
-            identity['parent'] = json.load(f)
-    if reuse and os.path.isfile(stamp) and comparable(json.load(open(stamp))) == comparable(identity) \
+            identity['parent'] = stamped_identity(json.load(f))
+    if reuse and os.path.isfile(stamp) and comparable(stamped_identity(json.load(open(stamp)))) == comparable(identity) \
             and open(log).read().endswith('RUN FINISHED\n'):
         return read_run(out_dir)
     os.makedirs(out_dir, exist_ok=True)

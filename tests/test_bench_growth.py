@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import bench_growth
-from bench_growth import (comparable, compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args,
+from bench_growth import (comparable, run_identity, stamped_identity, compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args,
                           wsd_branches)
 from helpers import REPO, SHAKESPEARE, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
 
@@ -111,6 +111,24 @@ def test_a_stable_segment_is_the_same_run_whatever_the_largest_budget():
     # from a segment that trained otherwise, the parent is part of it
     other = dict(new, learning_rate=2e-3)
     assert comparable(dict(branch, parent=other)) == dict(branch, parent=comparable(other))
+
+
+def test_a_stamp_from_before_a_new_setting_is_the_same_run():
+    """--reuse: an identity.json written before train.py gained a key is the run of that key's default
+    (and a key train.py has since lost is ignored); with the key set otherwise it is another run."""
+    config = 'config/train_shakespeare_char_cpu.py'
+    today = run_identity(config, ['--max_iters=40'])
+    assert today['optimizer'] == 'adamw' and today['pos_emb'] == 'learned'
+    old = json.loads(json.dumps({k: v for k, v in today.items() if k not in ('optimizer', 'pos_emb')}))
+    old['a_key_train_py_lost'] = 3
+    assert comparable(stamped_identity(old)) == comparable(today)
+    assert comparable(stamped_identity(old)) != comparable(run_identity(config, ['--max_iters=40', '--optimizer=muon']))
+    assert comparable(stamped_identity(dict(old, max_iters=41))) != comparable(today)
+    # a branch's stamp holds its parent's: read the same way
+    branch = run_identity(config, ['--max_iters=60', '--learning_rate=2e-3'])
+    assert comparable(stamped_identity(dict(old, parent=dict(old, learning_rate=2e-3)))) == \
+        comparable(dict(today, parent=dict(today, learning_rate=2e-3)))
+    assert comparable(stamped_identity(dict(branch, parent=old))) == comparable(dict(branch, parent=today))
 
 
 @pytest.mark.slow
