@@ -8,8 +8,8 @@ For each seed it trains, through train.py:
   sizes      every static size of --sizes (a table of architectures, each with the peak lr of its own
              sweep; without one, the schedule's first and final architectures at the config's lr), at its
              table lr times each of --lr_factors (0.5,1,2: the best lr per size, budget and seed counts),
-             at the budgets --ladder x F_ref and at C_growth. F_ref is --ref_iters iters of the schedule's
-             final architecture. max_iters and the lr schedule scale with the budget, warmup does not.
+             at the budgets --ladder x F_ref (a row's ladder: those rungs only) and at C_growth. F_ref is
+             --ref_iters iters of the schedule's final architecture. max_iters and the lr schedule scale with the budget, warmup does not.
 With wsd all budgets of one size and lr share the stable phase: it runs once per size, lr and seed, in
 segments that end at each budget's cooldown start, and each budget's cooldown branches from there
 (resumed from the segment's checkpoint, bit for bit the run that budget would be on its own). Other
@@ -90,11 +90,13 @@ def size_name(arch):
     return f"{arch['n_layer']}x{arch['n_embd']}" + (f"-mlp{arch['n_hidden']}" if arch['n_hidden'] != 4 * arch['n_embd'] else '')
 
 
-def read_sizes(path, start, final, setting):
-    """The static sizes: [{name, arch, lr, min_lr}]. A table (YAML or JSON list) gives per row any
-    architecture keys (the rest are the final architecture's), learning_rate, and optionally min_lr
-    and name; min_lr defaults to the config's min_lr / learning_rate ratio. Without a table: the
-    schedule's first and final architectures at the config's lr."""
+def read_sizes(path, start, final, setting, ladder=None):
+    """The static sizes: [{name, arch, lr, min_lr, ladder}]. A table (YAML or JSON list) gives per row any
+    architecture keys (the rest are the final architecture's), learning_rate, and optionally min_lr,
+    name and ladder; min_lr defaults to the config's min_lr / learning_rate ratio; ladder (rungs of
+    --ladder, x F_ref) the budgets the size runs at, default all of them (a size far off the envelope
+    at some budgets need not pay for them). Without a table: the schedule's first and final
+    architectures at the config's lr."""
     ratio = setting['min_lr'] / setting['learning_rate']
     if not path:
         rows = [{k: getattr(start, k) for k in ARCH_KEYS}, final]
@@ -112,9 +114,9 @@ def read_sizes(path, start, final, setting):
     sizes = []
     for i, row in enumerate(rows):
         where = f"--sizes: {path}: entry {i}"
-        unknown = set(row) - {*ARCH_KEYS, 'learning_rate', 'min_lr', 'name'} if isinstance(row, dict) else None
+        unknown = set(row) - {*ARCH_KEYS, 'learning_rate', 'min_lr', 'name', 'ladder'} if isinstance(row, dict) else None
         if unknown is None or unknown:
-            raise UserError(f"{where}: expected a mapping of {', '.join(ARCH_KEYS)}, learning_rate, min_lr, name; "
+            raise UserError(f"{where}: expected a mapping of {', '.join(ARCH_KEYS)}, learning_rate, min_lr, name, ladder; "
                      f"got {sorted(unknown) if unknown else row!r}")
         for key in ('learning_rate', 'min_lr', *ARCH_KEYS):
             if key in row and (isinstance(row[key], bool) or not isinstance(row[key], (int, float)) or row[key] < 0):
@@ -123,13 +125,45 @@ def read_sizes(path, start, final, setting):
             raise UserError(f"{where}: field learning_rate: missing (each size runs at the peak lr of its own sweep)")
         arch = {k: row.get(k, final[k]) for k in ARCH_KEYS}
         sizes.append(dict(name=str(row.get('name', size_name(arch))), arch=arch, lr=row['learning_rate'],
-                          min_lr=row.get('min_lr', row['learning_rate'] * ratio)))
+                          min_lr=row.get('min_lr', row['learning_rate'] * ratio),
+                          ladder=size_ladder(row['ladder'], ladder, where) if 'ladder' in row else None))
     names = [s['name'] for s in sizes]
     if len(set(names)) < len(names):
         raise UserError(f"--sizes: {path}: two sizes share a name ({', '.join(names)}); give each row a name")
     if final not in [s['arch'] for s in sizes]:
         raise UserError(f"--sizes: {path}: no size has the schedule's final architecture {final}")
     return sizes
+
+
+def size_ladder(rungs, ladder, where):
+    """A size row's ladder: rungs of --ladder, sorted."""
+    if not isinstance(rungs, list) or not rungs or any(isinstance(b, bool) or not isinstance(b, (int, float))
+                                                       for b in rungs):
+        raise UserError(f"{where}: field ladder: expected a list of budgets (x F_ref), got {rungs!r}")
+    outside = [b for b in rungs if ladder is not None and b not in ladder]
+    if outside:
+        raise UserError(f"{where}: field ladder: {outside[0]:g} is not a rung of --ladder "
+                        f"({','.join(f'{b:g}' for b in ladder)})")
+    return sorted(set(rungs))
+
+
+def size_budgets(size, budgets, nominal, final):
+    """The budgets {label: FLOPs} a size runs at: the rungs of its ladder (all without one), and the
+    growth budget where its rungs span it, always for the final size (the same-size arm)."""
+    rungs = size['ladder']
+    if rungs is None:
+        return dict(budgets)
+    return {label: flops for label, flops in budgets.items()
+            if nominal[label] in rungs or label == 'matched' and (size['arch'] == final or rungs[0] <= nominal[label] <= rungs[-1])}
+
+
+def add_rung(ladder, sizes):
+    """A rung twice the ladder's top, for every size whose own ladder reached the top."""
+    top = max(ladder)
+    ladder.append(2 * top)
+    for size in sizes:
+        if size['ladder'] and size['ladder'][-1] == top:
+            size['ladder'].append(2 * top)
 
 
 def cooldown(iters, setting):
@@ -428,7 +462,7 @@ def run_benchmark(args):
                         f"{args.final_eval_iters}")
 
     setting, schedule, start, final = load_setting(args.config, args.schedule, overrides)
-    sizes = read_sizes(args.sizes, start, final, setting)
+    sizes = read_sizes(args.sizes, start, final, setting, ladder)
     per_iter = {s['name']: flops_per_iter(start, s['arch'], setting) for s in sizes}
     same = next(s['name'] for s in sizes if s['arch'] == final)
     f_ref = per_iter[same] * args.ref_iters
@@ -459,7 +493,8 @@ def run_benchmark(args):
                 budgets['matched'] = next(g['flops'] for g in growth if g['seed'] == seed)
             nominal = {label: float(label[1:]) if label != 'matched' else flops / f_ref for label, flops in budgets.items()}
             seed_runs, seed_named = static_runs(sizes, factors, families, budgets, nominal, seed,
-                                                [f'--seed={seed}', *overrides, *scoring], setting, iters_at, growth_name)
+                                                [f'--seed={seed}', *overrides, *scoring], setting, iters_at, growth_name,
+                                                final)
             runs.update(seed_runs)
             named += seed_named
         results = run_all(runs, args)
@@ -470,7 +505,7 @@ def run_benchmark(args):
         below = [g for g in growth if g['val'] < min(r['val'] for r in statics if r['seed'] == g['seed'])]
         if not below or rung == args.add_rungs:
             break
-        ladder.append(2 * max(ladder))
+        add_rung(ladder, sizes)
         print(f"bench_growth: growth seed {below[0]['seed']} ends below every static run ({below[0]['val']:.4f}): "
               f"adding the {ladder[-1]:g} x F_ref rung", flush=True)
         args.reuse = True  # what ran above is kept
@@ -489,28 +524,29 @@ def run_figures(result, f_ref):
                 eval_batches=final['batches'] if final else evals[-1]['eval_iters'], f_ref=f_ref)
 
 
-def static_runs(sizes, factors, families, budgets, nominal, seed, common, setting, iters_at, growth_name):
+def static_runs(sizes, factors, families, budgets, nominal, seed, common, setting, iters_at, growth_name, final):
     """Every size at every lr factor and family through the budgets {label: flops} ({label: x F_ref} in
-    nominal): the runs {name: (train.py args, parent)} and, per run that ends at a budget, (name, its
-    results.jsonl fields).
+    nominal; each size at those of its ladder, size_budgets): the runs {name: (train.py args, parent)} and,
+    per run that ends at a budget, (name, its results.jsonl fields).
     The table lr's runs keep their names from before lr factors (so --reuse keeps them)."""
     runs, named = {}, []
     for size in sizes:
+        at = size_budgets(size, budgets, nominal, final)
         for factor in factors:
             tuned = dict(size, lr=size['lr'] * factor, min_lr=size['min_lr'] * factor)
             for family in families:
                 prefix = f"static-{size['name']}" + (f"-lr{tuned['lr']:g}" if factor != 1 else '') + f"-{family}"
-                labels = {label: (label if label != 'matched' else f"matched-{growth_name}") for label in budgets}
+                labels = {label: (label if label != 'matched' else f"matched-{growth_name}") for label in at}
                 if family == 'wsd':
                     branch_runs, names = wsd_branches(f"{prefix}-seed{seed}", tuned, {
-                        labels[label]: iters_at(size, flops) for label, flops in budgets.items()}, setting, common)
+                        labels[label]: iters_at(size, flops) for label, flops in at.items()}, setting, common)
                     runs.update(branch_runs)
                 else:
-                    names = {labels[label]: f"{prefix}-{labels[label]}-seed{seed}" for label in budgets}
+                    names = {labels[label]: f"{prefix}-{labels[label]}-seed{seed}" for label in at}
                     runs.update({names[labels[label]]: ([*common, *static_args(tuned, iters_at(size, flops), family,
                                                                                setting)], None)
-                                 for label, flops in budgets.items()})
-                for label in budgets:
+                                 for label, flops in at.items()})
+                for label in at:
                     named.append((names[labels[label]], dict(
                         arm='static', size=size['name'], seed=seed, budget=nominal[label], lr=tuned['lr'],
                         table_lr=size['lr'], schedule=family, at_growth_budget=label == 'matched')))
@@ -727,6 +763,9 @@ def size_table(statics):
         for size in dict.fromkeys(r['size'] for r in statics):
             cells = []
             for k in keys:
+                if (size, k) not in best:
+                    cells.append('-')
+                    continue
                 r = best[size, k]
                 cell = f"{r['val']:.4f}" + (f" ({r['lr']:g})" if several_lrs else '')
                 cells.append(f"**{cell}**" if r['val'] == lowest[k] else cell)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import bench_growth
-from bench_growth import (comparable, run_identity, stamped_identity, compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args,
+from bench_growth import (add_rung, comparable, run_identity, stamped_identity, compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args,
                           wsd_branches)
 from helpers import REPO, SHAKESPEARE, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
 
@@ -129,6 +129,27 @@ def test_a_stamp_from_before_a_new_setting_is_the_same_run():
     assert comparable(stamped_identity(dict(old, parent=dict(old, learning_rate=2e-3)))) == \
         comparable(dict(today, parent=dict(today, learning_rate=2e-3)))
     assert comparable(stamped_identity(dict(branch, parent=old))) == comparable(dict(branch, parent=today))
+
+
+def test_a_size_runs_only_at_the_rungs_of_its_ladder():
+    """A sizes row's ladder: the size runs at those rungs, and at the growth budget where they span it (the
+    final size always); the others at every rung. An added rung extends the ladders that reached the top."""
+    setting = dict(cooldown_iters=0, lr_decay_iters=1000, warmup_iters=5)
+    final = dict(n_layer=2)
+    sizes = [dict(name='1', arch=dict(n_layer=1), lr=1e-3, min_lr=1e-4, ladder=[0.5]),
+             dict(name='2', arch=final, lr=1e-3, min_lr=1e-4, ladder=[1.0, 2.0]),
+             dict(name='4', arch=dict(n_layer=4), lr=1e-3, min_lr=1e-4, ladder=[0.5, 1.0]),
+             dict(name='8', arch=dict(n_layer=8), lr=1e-3, min_lr=1e-4, ladder=None)]
+    budgets = {'x0.5': 50.0, 'x1': 100.0, 'x2': 200.0, 'matched': 70.0}
+    nominal = {'x0.5': 0.5, 'x1': 1.0, 'x2': 2.0, 'matched': 0.7}
+    _, named = bench_growth.static_runs(sizes, [1], ['wsd'], budgets, nominal, 3, [], setting,
+                                        lambda size, flops: round(flops), 'g', final)
+    ran = {(fields['size'], fields['budget']) for _, fields in named}
+    assert ran == {('1', 0.5), ('2', 1.0), ('2', 2.0), ('2', 0.7), ('4', 0.5), ('4', 1.0), ('4', 0.7),
+                   ('8', 0.5), ('8', 1.0), ('8', 2.0), ('8', 0.7)}
+    ladder = [0.5, 1.0, 2.0]
+    add_rung(ladder, sizes)
+    assert ladder == [0.5, 1.0, 2.0, 4.0] and [s['ladder'] for s in sizes] == [[0.5], [1.0, 2.0, 4.0], [0.5, 1.0], None]
 
 
 @pytest.mark.slow
@@ -307,6 +328,8 @@ def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
     ("- {n_layer: 3, learning_rate: 0.001}\n", "no size has the schedule's final architecture"),
     ("- {n_layer: 2, learning_rate: 0.001}\n- {n_layer: 2, learning_rate: 0.002}\n", "two sizes share a name"),
     ("- {n_layer: [2\n", "not YAML"),
+    ("- {n_layer: 2, learning_rate: 0.001, ladder: [0.5, 3]}\n", "entry 0: field ladder: 3 is not a rung of --ladder (0.5,1.5)"),
+    ("- {n_layer: 2, learning_rate: 0.001, ladder: 1.5}\n", "entry 0: field ladder: expected a list of budgets"),
 ])
 @pytest.mark.slow
 def test_a_bad_sizes_table_is_one_line(tmp_path, rows, message):
