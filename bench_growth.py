@@ -93,9 +93,9 @@ def size_name(arch):
 def read_sizes(path, start, final, setting, ladder=None):
     """The static sizes: [{name, arch, lr, min_lr, ladder}]. A table (YAML or JSON list) gives per row any
     architecture keys (the rest are the final architecture's), learning_rate, and optionally min_lr,
-    name and ladder; min_lr defaults to the config's min_lr / learning_rate ratio; ladder (rungs of
-    --ladder, x F_ref) the budgets the size runs at, default all of them (a size far off the envelope
-    at some budgets need not pay for them). Without a table: the schedule's first and final
+    name and ladder; min_lr defaults to the config's min_lr / learning_rate ratio; ladder (x F_ref) the
+    budgets the size runs at, those of them on --ladder, default all of --ladder (a size far off the
+    envelope at some budgets need not pay for them). Without a table: the schedule's first and final
     architectures at the config's lr."""
     ratio = setting['min_lr'] / setting['learning_rate']
     if not path:
@@ -136,15 +136,21 @@ def read_sizes(path, start, final, setting, ladder=None):
 
 
 def size_ladder(rungs, ladder, where):
-    """A size row's ladder: rungs of --ladder, sorted."""
+    """A size row's ladder: its rungs that are on --ladder, sorted (the others skipped, with a line)."""
     if not isinstance(rungs, list) or not rungs or any(isinstance(b, bool) or not isinstance(b, (int, float))
                                                        for b in rungs):
         raise UserError(f"{where}: field ladder: expected a list of budgets (x F_ref), got {rungs!r}")
-    outside = [b for b in rungs if ladder is not None and b not in ladder]
-    if outside:
-        raise UserError(f"{where}: field ladder: {outside[0]:g} is not a rung of --ladder "
-                        f"({','.join(f'{b:g}' for b in ladder)})")
-    return sorted(set(rungs))
+    if ladder is None:
+        return sorted(set(rungs))
+    on = sorted(set(rungs) & set(ladder))
+    shown = ','.join(f'{b:g}' for b in ladder)
+    if not on:
+        raise UserError(f"{where}: field ladder: none of {','.join(f'{b:g}' for b in rungs)} is a rung of "
+                        f"--ladder ({shown})")
+    if len(on) < len(set(rungs)):
+        print(f"bench_growth: {where}: rungs {','.join(f'{b:g}' for b in sorted(set(rungs) - set(on)))} are not "
+              f"on --ladder ({shown}): skipped", flush=True)
+    return on
 
 
 def size_budgets(size, budgets, nominal, final):

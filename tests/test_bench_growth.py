@@ -131,7 +131,7 @@ def test_a_stamp_from_before_a_new_setting_is_the_same_run():
     assert comparable(stamped_identity(dict(branch, parent=old))) == comparable(dict(branch, parent=today))
 
 
-def test_a_size_runs_only_at_the_rungs_of_its_ladder():
+def test_a_size_runs_only_at_the_rungs_of_its_ladder(capsys):
     """A sizes row's ladder: the size runs at those rungs, and at the growth budget where they span it (the
     final size always); the others at every rung. An added rung extends the ladders that reached the top."""
     setting = dict(cooldown_iters=0, lr_decay_iters=1000, warmup_iters=5)
@@ -147,6 +147,9 @@ def test_a_size_runs_only_at_the_rungs_of_its_ladder():
     ran = {(fields['size'], fields['budget']) for _, fields in named}
     assert ran == {('1', 0.5), ('2', 1.0), ('2', 2.0), ('2', 0.7), ('4', 0.5), ('4', 1.0), ('4', 0.7),
                    ('8', 0.5), ('8', 1.0), ('8', 2.0), ('8', 0.7)}
+    # a row's rungs off --ladder are skipped, with a line
+    assert bench_growth.size_ladder([2.0, 0.5, 3.0], [0.5, 1.0, 2.0], 'entry 1') == [0.5, 2.0]
+    assert capsys.readouterr().out == "bench_growth: entry 1: rungs 3 are not on --ladder (0.5,1,2): skipped\n"
     ladder = [0.5, 1.0, 2.0]
     add_rung(ladder, sizes)
     assert ladder == [0.5, 1.0, 2.0, 4.0] and [s['ladder'] for s in sizes] == [[0.5], [1.0, 2.0, 4.0], [0.5, 1.0], None]
@@ -328,7 +331,7 @@ def test_lr_sweep_runs_each_size_at_each_factor(tmp_path):
     ("- {n_layer: 3, learning_rate: 0.001}\n", "no size has the schedule's final architecture"),
     ("- {n_layer: 2, learning_rate: 0.001}\n- {n_layer: 2, learning_rate: 0.002}\n", "two sizes share a name"),
     ("- {n_layer: [2\n", "not YAML"),
-    ("- {n_layer: 2, learning_rate: 0.001, ladder: [0.5, 3]}\n", "entry 0: field ladder: 3 is not a rung of --ladder (0.5,1.5)"),
+    ("- {n_layer: 2, learning_rate: 0.001, ladder: [3, 4]}\n", "entry 0: field ladder: none of 3,4 is a rung of --ladder (0.5,1.5)"),
     ("- {n_layer: 2, learning_rate: 0.001, ladder: 1.5}\n", "entry 0: field ladder: expected a list of budgets"),
 ])
 @pytest.mark.slow
