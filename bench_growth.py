@@ -9,7 +9,8 @@ For each seed it trains, through train.py:
              sweep; without one, the schedule's first and final architectures at the config's lr), at its
              table lr times each of --lr_factors (0.5,1,2: the best lr per size, budget and seed counts),
              at the budgets --ladder x F_ref (a row's ladder: those rungs only) and at C_growth. F_ref is
-             --ref_iters iters of the schedule's final architecture. max_iters and the lr schedule scale with the budget, warmup does not.
+             --ref_iters iters of the schedule's final architecture (of the --ref_size row, if given: recipes
+             of other final sizes then share F_ref, and with --reuse the static runs). max_iters and the lr schedule scale with the budget, warmup does not.
 With wsd all budgets of one size and lr share the stable phase: it runs once per size, lr and seed, in
 segments that end at each budget's cooldown start, and each budget's cooldown branches from there
 (resumed from the segment's checkpoint, bit for bit the run that budget would be on its own). Other
@@ -395,6 +396,8 @@ def main():
     parser.add_argument('--seeds', default='1,2,3', help="comma-separated seeds")
     parser.add_argument('--ladder', default='0.4,0.6,0.8,1.0', help="static budgets, fractions of F_ref")
     parser.add_argument('--ref_iters', type=int, default=5000, help="iters of the final architecture that make F_ref")
+    parser.add_argument('--ref_size', default='', help="the --sizes row (its name, e.g. 4x64) whose --ref_iters make "
+                        "F_ref, instead of the final architecture")
     parser.add_argument('--static_schedules', default='wsd', help="lr schedule families for static runs (cosine,wsd)")
     parser.add_argument('--lr_sweep', default='', help="factors: run each size at its lr times each factor at "
                         "--sweep_budget x F_ref (wsd, first seed), print the table, and stop")
@@ -471,7 +474,9 @@ def run_benchmark(args):
     sizes = read_sizes(args.sizes, start, final, setting, ladder)
     per_iter = {s['name']: flops_per_iter(start, s['arch'], setting) for s in sizes}
     same = next(s['name'] for s in sizes if s['arch'] == final)
-    f_ref = per_iter[same] * args.ref_iters
+    if args.ref_size and args.ref_size not in per_iter:
+        raise UserError(f"--ref_size: no size named {args.ref_size!r} (the sizes: {', '.join(per_iter)})")
+    f_ref = per_iter[args.ref_size or same] * args.ref_iters
     growth_name = os.path.splitext(os.path.basename(schedule))[0]
     if args.extra_text and train.check_data().get('tokenizer') != 'bytes':
         raise UserError(f"--extra_text: the training data ({train.data_path()}) is not UTF-8 bytes, so its tokens "

@@ -350,6 +350,7 @@ def test_a_bad_sizes_table_is_one_line(tmp_path, rows, message):
     ('--ladder=0.5,-1', "error: --ladder: expected numbers > 0, got '0.5,-1'"),
     ('--seeds=1,b', "error: --seeds: expected comma-separated integers, got '1,b'"),
     ('--report_from={tmp}/nothing.jsonl', "error: --report_from: {tmp}/nothing.jsonl not found"),
+    ('--ref_size=big', "error: --ref_size: no size named 'big' (the sizes: small, 2x32-mlp64)"),
 ])
 @pytest.mark.slow
 def test_a_bad_option_is_one_line(tmp_path, option, message):
@@ -478,11 +479,12 @@ def write_byte_data(folder, book=os.path.join(REPO, '..', 'shared', 'data', 'gut
 def test_a_rung_is_added_while_growth_ends_below_every_static_run(tmp_path):
     """Static sizes at a peak lr of 1e-9 (and twice it) learn nothing, so the growth run ends below all of
     them: the benchmark adds the 1 x F_ref rung to the 0.5 ladder, once (--add_rungs=1). Every final
-    model also scores tiny shakespeare as bytes; without --report the report goes into out_dir."""
+    model also scores tiny shakespeare as bytes; without --report the report goes into out_dir. F_ref is
+    --ref_iters of the --ref_size row."""
     sizes = "- {name: small, n_layer: 1, n_hidden: 32, learning_rate: 0.000000001}\n" \
             "- {n_layer: 2, learning_rate: 0.000000001}\n"
     command, out, _ = tiny_bench(tmp_path, sizes, ['--ladder=0.5', '--add_rungs=1', '--lr_factors=1,2', '--jobs=2',
-                                                   f'--extra_text={SHAKESPEARE}'])
+                                                   f'--extra_text={SHAKESPEARE}', '--ref_size=small'])
     write_byte_data(tmp_path / 'bytes')
     command = [arg.replace(str(tmp_path / 'data'), str(tmp_path / 'bytes')) for arg in command
                if not arg.startswith(('--report=', '--lr_factors=1', '--add_rungs=0'))] + ['--lr_factors=1,2']
@@ -496,6 +498,9 @@ def test_a_rung_is_added_while_growth_ends_below_every_static_run(tmp_path):
         (size, lr, budget) for size in ('small', '2x32-mlp64') for lr in (1e-9, 2e-9) for budget in (0.5, 1.0))
     assert (out / 'extra-input' / 'val.bin').read_bytes()[::2] == open(SHAKESPEARE, 'rb').read()
     assert results[0]['arm'] == 'growth' and results[0]['extra_val'] == growth['extra_val_loss']
+    # --ref_size=small: F_ref is 40 iters (--ref_iters) of the small size, not of the final one
+    small = evals_of(out / 'static-small-wsd-seed1-x0.5')[-1]
+    assert small['iter'] == 20 and results[0]['f_ref'] == pytest.approx(40 * small['flops'] / small['iter'])
     assert all(r['extra_val'] is not None for r in results)
     assert (out / 'report.md').is_file() and (out / 'report.png').is_file()
     assert stdout.strip().splitlines()[-1].endswith(" seeds=1 other_text_wins=1/1")
