@@ -9,8 +9,9 @@ For each seed it trains, through train.py:
              sweep; without one, the schedule's first and final architectures at the config's lr), at its
              table lr times each of --lr_factors (0.5,1,2: the best lr per size, budget and seed counts),
              at the budgets --ladder x F_ref (a row's ladder: those rungs only) and at C_growth. F_ref is
-             --ref_iters iters of the schedule's final architecture (of the --ref_size row, if given: recipes
-             of other final sizes then share F_ref, and with --reuse the static runs). max_iters and the lr schedule scale with the budget, warmup does not.
+             --ref_iters iters of the schedule's final architecture (of the --ref_size row, if given:
+             recipes of other final sizes then share F_ref, and with --reuse the static runs). max_iters
+             and the lr schedule scale with the budget, warmup does not.
 With wsd all budgets of one size and lr share the stable phase: it runs once per size, lr and seed, in
 segments that end at each budget's cooldown start, and each budget's cooldown branches from there
 (resumed from the segment's checkpoint, bit for bit the run that budget would be on its own). Other
@@ -67,8 +68,7 @@ from plot_run import read_events
 def load_setting(config_file, schedule_file, overrides):
     """train set up for the growth config, its schedule file, and the (start, final) architecture
     of the schedule."""
-    defaults = {k: getattr(train, k) for k in train.config_keys}
-    setting = train.setup(configure([config_file, *overrides], defaults, verbose=False))
+    setting = train.setup(configure([config_file, *overrides], train.config_defaults, verbose=False))
     schedule_file = schedule_file or setting['scaling_schedule_file']
     start = train.model_config_from_globals(train.check_data()['vocab_size'])
     entries = train.load_schedule_file(schedule_file)
@@ -91,7 +91,7 @@ def size_name(arch):
     return f"{arch['n_layer']}x{arch['n_embd']}" + (f"-mlp{arch['n_hidden']}" if arch['n_hidden'] != 4 * arch['n_embd'] else '')
 
 
-def read_sizes(path, start, final, setting, ladder=None):
+def read_sizes(path, start, final, setting, ladder):
     """The static sizes: [{name, arch, lr, min_lr, ladder}]. A table (YAML or JSON list) gives per row any
     architecture keys (the rest are the final architecture's), learning_rate, and optionally min_lr,
     name and ladder; min_lr defaults to the config's min_lr / learning_rate ratio; ladder (x F_ref) the
@@ -141,17 +141,17 @@ def size_ladder(rungs, ladder, where):
     if not isinstance(rungs, list) or not rungs or any(isinstance(b, bool) or not isinstance(b, (int, float))
                                                        for b in rungs):
         raise UserError(f"{where}: field ladder: expected a list of budgets (x F_ref), got {rungs!r}")
-    if ladder is None:
-        return sorted(set(rungs))
-    on = sorted(set(rungs) & set(ladder))
-    shown = ','.join(f'{b:g}' for b in ladder)
+    on, off = sorted(set(rungs) & set(ladder)), sorted(set(rungs) - set(ladder))
     if not on:
-        raise UserError(f"{where}: field ladder: none of {','.join(f'{b:g}' for b in rungs)} is a rung of "
-                        f"--ladder ({shown})")
-    if len(on) < len(set(rungs)):
-        print(f"bench_growth: {where}: rungs {','.join(f'{b:g}' for b in sorted(set(rungs) - set(on)))} are not "
-              f"on --ladder ({shown}): skipped", flush=True)
+        raise UserError(f"{where}: field ladder: none of {budgets_text(off)} is a rung of --ladder ({budgets_text(ladder)})")
+    if off:
+        print(f"bench_growth: {where}: rungs {budgets_text(off)} are not on --ladder ({budgets_text(ladder)}): skipped",
+              flush=True)
     return on
+
+
+def budgets_text(budgets):
+    return ','.join(f'{b:g}' for b in budgets)
 
 
 def size_budgets(size, budgets, nominal, final):
@@ -222,8 +222,7 @@ NAMING_KEYS = ('out_dir', 'log_interval', 'wandb_log', 'wandb_project', 'wandb_r
 def run_identity(config_file, args):
     """What makes a run what it is: its resolved settings (and its schedule's text), so that --reuse
     keeps a finished run only if it would train the same way today."""
-    defaults = {k: getattr(train, k) for k in train.config_keys}
-    identity = settings_identity(configure([config_file, *args], defaults, verbose=False))
+    identity = settings_identity(configure([config_file, *args], train.config_defaults, verbose=False))
     if identity['scaling_schedule_file']:
         with open(identity['scaling_schedule_file']) as f:
             identity['schedule_text'] = f.read()
@@ -242,7 +241,7 @@ def stamped_identity(stored):
     """A finished run's identity.json as today's train.py reads it: a key train.py gained after the run
     is at its default (a new key's default keeps the old behaviour), a key it has since lost is gone.
     So a run is not run again only because train.py grew a setting it does not use."""
-    defaults = {k: getattr(train, k) for k in train.config_keys}
+    defaults = train.config_defaults
     identity = settings_identity({**defaults, **{k: v for k, v in stored.items() if k in defaults}})
     if 'schedule_text' in stored:
         identity['schedule_text'] = stored['schedule_text']

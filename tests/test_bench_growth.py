@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import bench_growth
-from bench_growth import (add_rung, comparable, run_identity, stamped_identity, compute_equivalent, cooldown_start, lower_hull, run_all, run_train, static_args,
-                          wsd_branches)
+from bench_growth import (add_rung, comparable, compute_equivalent, cooldown_start, lower_hull, run_all, run_identity,
+                          run_train, stamped_identity, static_args, wsd_branches)
 from helpers import REPO, SHAKESPEARE, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
 
 TINY_SETTING = ['data_dir={data}', 'max_iters=60', 'eval_interval=20', 'eval_iters=2', 'n_embd=32', 'n_head=2',
@@ -372,7 +372,7 @@ def test_default_sizes_are_the_schedules_first_and_final_architectures():
     setting = dict(learning_rate=1e-3, min_lr=1e-4)
     start = argparse.Namespace(n_layer=1, n_head=4, head_size=32, n_embd=128, n_hidden=512)
     final = dict(n_layer=4, n_head=4, head_size=32, n_embd=128, n_hidden=512)
-    sizes = bench_growth.read_sizes('', start, final, setting)
+    sizes = bench_growth.read_sizes('', start, final, setting, [1.0])
     assert [(s['name'], s['arch']['n_layer'], s['lr'], s['min_lr']) for s in sizes] == [
         ('1x128', 1, 1e-3, pytest.approx(1e-4)), ('4x128', 4, 1e-3, pytest.approx(1e-4))]
 
@@ -383,10 +383,12 @@ def test_the_shipped_gutenberg_sizes_surround_the_growth_recipes_final_model():
     final = dict(n_layer=4, n_head=4, head_size=16, n_embd=64, n_hidden=256)
     start = argparse.Namespace(**dict(final, n_layer=1))
     sizes = bench_growth.read_sizes(os.path.join(REPO, 'config', 'gutenberg_cpu_sizes.yaml'), start, final,
-                                    dict(learning_rate=2e-3, min_lr=2e-4))
+                                    dict(learning_rate=2e-3, min_lr=2e-4), [0.25, 0.5, 1.0, 2.0])
     layers = [s['arch']['n_layer'] for s in sizes]
     assert min(layers) < 4 < max(layers) and final in [s['arch'] for s in sizes]
     assert all(s['min_lr'] == pytest.approx(s['lr'] / 10) for s in sizes)
+    # each size's rungs (those where it is on or near the envelope), the final size's spanning 0.7 and 1.0
+    assert [s['ladder'] for s in sizes] == [[0.25, 0.5], [0.25, 0.5, 1.0], [0.5, 1.0, 2.0], [1.0, 2.0]]
 
 
 def synthetic_results(path, growth_vals, seeds=(1, 2, 3)):
