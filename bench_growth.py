@@ -490,23 +490,34 @@ def run_benchmark(args):
         lr_sweep(args, sizes, setting, overrides + scoring, seeds[0], iters_at, f_ref)
         return
 
-    growth_runs = {} if args.ladder_only else run_all({f"growth-{growth_name}-seed{seed}": (
-        [f'--seed={seed}', *overrides, *scoring, f'--scaling_schedule_file={schedule}'], None) for seed in seeds}, args)
-    growth = [dict(arm='growth', recipe=growth_name, config=args.config, overrides=' '.join(overrides), size=same,
-                   seed=seed, **run_figures(growth_runs[f"growth-{growth_name}-seed{seed}"], f_ref),
-                   lr=setting['learning_rate']) for seed in seeds if growth_runs]
-    for rung in range(args.add_rungs + 1):
+    def static_plan(matched):
+        """Every seed's static runs: each size at the budgets of its ladder and, for a seed in matched
+        {seed: growth FLOPs}, at its growth run's budget."""
         runs, named = {}, []
         for seed in seeds:
             budgets = {f"x{b:g}": b * f_ref for b in ladder}
-            if not args.ladder_only:
-                budgets['matched'] = next(g['flops'] for g in growth if g['seed'] == seed)
+            if seed in matched:
+                budgets['matched'] = matched[seed]
             nominal = {label: float(label[1:]) if label != 'matched' else flops / f_ref for label, flops in budgets.items()}
             seed_runs, seed_named = static_runs(sizes, factors, families, budgets, nominal, seed,
                                                 [f'--seed={seed}', *overrides, *scoring], setting, iters_at, growth_name,
                                                 final)
             runs.update(seed_runs)
             named += seed_named
+        return runs, named
+
+    # the growth runs and the static runs at the ladder's budgets first, side by side (no lane waits for a
+    # growth run); then the growth budgets' branches, keeping what ran (a stable phase is the same run
+    # however it is cut into segments)
+    growth_runs = {} if args.ladder_only else {f"growth-{growth_name}-seed{seed}": (
+        [f'--seed={seed}', *overrides, *scoring, f'--scaling_schedule_file={schedule}'], None) for seed in seeds}
+    results = run_all({**growth_runs, **static_plan({})[0]}, args)
+    args.reuse = True
+    growth = [dict(arm='growth', recipe=growth_name, config=args.config, overrides=' '.join(overrides), size=same,
+                   seed=seed, **run_figures(results[f"growth-{growth_name}-seed{seed}"], f_ref),
+                   lr=setting['learning_rate']) for seed in seeds if growth_runs]
+    for rung in range(args.add_rungs + 1):
+        runs, named = static_plan({g['seed']: g['flops'] for g in growth})
         results = run_all(runs, args)
         statics = [dict(run_figures(results[name], f_ref), **fields) for name, fields in named]
         if args.ladder_only:
@@ -518,7 +529,6 @@ def run_benchmark(args):
         add_rung(ladder, sizes)
         print(f"bench_growth: growth seed {below[0]['seed']} ends below every static run ({below[0]['val']:.4f}): "
               f"adding the {ladder[-1]:g} x F_ref rung", flush=True)
-        args.reuse = True  # what ran above is kept
     records = growth + statics
     os.makedirs(os.path.dirname(report) or '.', exist_ok=True)
     with open(report + '.results.jsonl', 'w') as f:

@@ -8,12 +8,14 @@ import math
 import os
 import pickle
 import re
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import bench_growth
+import train
 from bench_growth import (add_rung, comparable, compute_equivalent, cooldown_start, lower_hull, run_all, run_identity,
                           run_train, stamped_identity, static_args, wsd_branches)
 from helpers import REPO, SHAKESPEARE, assert_same_state, read_events, run_script, train_args, write_char_data, write_schedule
@@ -307,6 +309,32 @@ def test_bench_growth_tiny(tmp_path):
                   f'--out={picture}'])
     assert stdout.strip() == f"wrote {picture}"
     assert os.path.getsize(picture) > 10_000
+
+
+def test_the_ladder_runs_beside_the_growth_run(tmp_path, monkeypatch):
+    """No lane waits for a growth run: the static runs at the ladder's budgets start with it, only the
+    growth budget's branches after it (the growth run used to run first, alone, one core idle)."""
+    for key in train.config_keys:  # bench_growth sets train up in-process; its globals come back after
+        monkeypatch.setattr(train, key, getattr(train, key))
+    saved = train.orchestrator_state()
+    batches = []
+
+    def first_batch_only(runs, args):
+        batches.append(runs)
+        raise SystemExit('stop after the first batch')
+    monkeypatch.setattr(bench_growth, 'run_all', first_batch_only)
+    command, _, _ = tiny_bench(tmp_path, SIZES, ['--jobs=2'])
+    monkeypatch.setattr(sys, 'argv', command)
+    monkeypatch.chdir(REPO)
+    try:
+        with pytest.raises(SystemExit, match='stop after the first batch'):
+            bench_growth.main()
+    finally:
+        train.load_orchestrator_state(saved)
+    names = sorted(re.sub(r'stable\d+$', 'stable', name) for name in batches[0])
+    assert names == sorted(['growth-grow-seed1'] + [f'static-{size}-wsd-seed1-{run}' for size in ('small', '2x32-mlp64')
+                                                      for run in ('stable', 'stable', 'x0.5', 'x1.5')])
+    assert list(batches[0])[0] == 'growth-grow-seed1'  # the growth run starts first
 
 
 @pytest.mark.slow
