@@ -1,8 +1,8 @@
 # two jumps along the Gutenberg envelope, 2 -> 4 -> 8 layers (configs/gutenberg_cpu_growth_248.yaml), on
 # 1.4 x F_ref: the best recipe of issue 23's probes on tuning seed 4 (val 1.5331 on the 500-batch final
-# eval, 1.12x the best static model of that seed; every probe in docs/growth_recipes.md). Not yet
-# benchmarked on the reported seeds; its benchmark shares F_ref (12000 iters of 4 x 64) and the static
-# runs with the 2 -> 4 recipe's:
+# eval, 1.12x the best static model of that seed; every probe in docs/growth_recipes.md). Reported seed
+# 11: 1.09x the envelope, 1.12x the same size (docs/growth_vs_envelope_248.md). Its benchmark shares F_ref
+# (12000 iters of 4 x 64) and the static runs with the 2 -> 4 recipe's:
 #
 # $ python train.py config/train_gutenberg_cpu_growth_248.py
 # $ python bench_growth.py --config=config/train_gutenberg_cpu_growth_248.py --sizes=config/gutenberg_cpu_sizes.yaml \
